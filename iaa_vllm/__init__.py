@@ -1,0 +1,21 @@
+"""vLLM plugin for the IAA (Inner-Adaptor Architecture) multimodal model."""
+
+ARCHITECTURE = "IAALlamaForCausalLM"
+MODEL_TYPE = "IAA"
+
+
+def register() -> None:
+    """vLLM `general_plugins` entry point: runs in every vLLM process.
+
+    Lazy and idempotent: only string references and light imports here.
+    """
+    from vllm import ModelRegistry
+
+    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
+        ModelRegistry.register_model(ARCHITECTURE, "iaa_vllm.model:IAALlamaForCausalLM")
+
+    from iaa_vllm.admission import install
+    from iaa_vllm.config import register_config
+
+    register_config()
+    install()

@@ -1,0 +1,128 @@
+"""The insertion layer at one depth: a two-expert Llama decoder layer keyed by workflow.
+
+Each image workflow (`mm`, `grounding`) has its own decoder-layer weights at
+each insertion depth, but a request only ever uses one workflow, so both share
+one `Attention` module and hence one paged-KV slot per depth: 32 + N layers of
+KV instead of 32 + 2N (design.md §3).
+
+The attention op runs over the whole batch because vLLM's attention metadata
+(slot mapping, query_start_loc) describes every token; text rows feed zeros and
+their output is discarded. Projections, norms and MLP run on the image rows only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from vllm.model_executor.layers.attention import Attention
+from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.linear import QKVParallelLinear, RowParallelLinear
+from vllm.model_executor.layers.rotary_embedding import get_rope
+from vllm.model_executor.models.llama import LlamaMLP
+from vllm.distributed import get_tensor_model_parallel_world_size
+
+from iaa_vllm.routing import IMAGE_WORKFLOWS
+
+
+class IAAAttentionProjections(nn.Module):
+    """q/k/v and output projections of one expert (checkpoint: `self_attn.*`)."""
+
+    def __init__(self, config, quant_config, prefix: str):
+        super().__init__()
+        tp = get_tensor_model_parallel_world_size()
+        self.head_dim = getattr(config, "head_dim", None) or (
+            config.hidden_size // config.num_attention_heads
+        )
+        self.q_size = config.num_attention_heads // tp * self.head_dim
+        self.kv_size = max(1, config.num_key_value_heads // tp) * self.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            config.hidden_size, self.head_dim, config.num_attention_heads,
+            config.num_key_value_heads, bias=False, quant_config=quant_config,
+            prefix=f"{prefix}.qkv_proj",
+        )
+        self.o_proj = RowParallelLinear(
+            config.num_attention_heads * self.head_dim, config.hidden_size, bias=False,
+            quant_config=quant_config, prefix=f"{prefix}.o_proj",
+        )
+
+
+class IAAExpert(nn.Module):
+    """One workflow's weights of an insertion layer; names follow the checkpoint."""
+
+    def __init__(self, config, quant_config, prefix: str):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.self_attn = IAAAttentionProjections(config, quant_config, f"{prefix}.self_attn")
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.mlp = LlamaMLP(
+            config.hidden_size, config.intermediate_size, config.hidden_act,
+            quant_config=quant_config, prefix=f"{prefix}.mlp",
+        )
+
+
+class IAAInsertionLayer(nn.Module):
+    def __init__(self, config, cache_config, quant_config, prefix: str):
+        super().__init__()
+        self.experts = nn.ModuleDict(
+            {
+                wf: IAAExpert(config, quant_config, f"{prefix}.experts.{wf}")
+                for wf in IMAGE_WORKFLOWS
+            }
+        )
+        proj = self.experts["mm"].self_attn
+        self.q_size, self.kv_size = proj.q_size, proj.kv_size
+        tp = get_tensor_model_parallel_world_size()
+        self.rotary_emb = get_rope(
+            proj.head_dim,
+            max_position=getattr(config, "max_position_embeddings", 8192),
+            rope_parameters=getattr(config, "rope_parameters", None),
+            is_neox_style=True,
+        )
+        self.attn = Attention(
+            config.num_attention_heads // tp,
+            proj.head_dim,
+            proj.head_dim**-0.5,
+            num_kv_heads=max(1, config.num_key_value_heads // tp),
+            cache_config=cache_config,
+            quant_config=quant_config,
+            prefix=f"{prefix}.attn",
+        )
+
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden_states: torch.Tensor,
+        residual: torch.Tensor,
+        rows: dict[str, torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Replace the stream of the image rows by this layer's output.
+
+        hidden_states, residual: [T, H], the frozen layer's output in vLLM's split
+        form (stream = hidden_states + residual). rows: workflow -> row indices
+        [n_wf] (only image workflows with at least one row). Text rows are
+        returned untouched, bit for bit.
+        """
+        num_tokens = hidden_states.shape[0]
+        q = hidden_states.new_zeros(num_tokens, self.q_size)
+        k = hidden_states.new_zeros(num_tokens, self.kv_size)
+        v = hidden_states.new_zeros(num_tokens, self.kv_size)
+        streams = {}
+        for wf, idx in rows.items():
+            expert = self.experts[wf]
+            stream = hidden_states[idx] + residual[idx]
+            qkv, _ = expert.self_attn.qkv_proj(expert.input_layernorm(stream))
+            q_wf, k_wf, v_wf = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
+            q_wf, k_wf = self.rotary_emb(positions[idx], q_wf, k_wf)
+            q[idx], k[idx], v[idx] = q_wf, k_wf, v_wf
+            streams[wf] = stream
+        attn_out = self.attn(q, k, v)
+
+        hidden_out, residual_out = hidden_states.clone(), residual.clone()
+        for wf, idx in rows.items():
+            expert = self.experts[wf]
+            out, _ = expert.self_attn.o_proj(attn_out[idx])
+            out, res = expert.post_attention_layernorm(out, streams[wf])
+            hidden_out[idx] = expert.mlp(out)
+            residual_out[idx] = res
+        return hidden_out, residual_out
+

@@ -1,0 +1,122 @@
+"""Image processing for IAA requests: pad to square, CLIP preprocessing, 576 placeholders.
+
+There is no HF processor for IAA; the release preprocesses like LLaVA-1.5 with
+`image_aspect_ratio: "pad"` (design.md §1), which this reproduces with
+transformers' CLIPImageProcessor. vLLM's renderer tokenizes the prompt; we only
+turn images into `pixel_values` and expand the one image token of the prompt
+into one placeholder per CLIP patch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from functools import cached_property
+
+from PIL import Image
+from transformers import BatchFeature
+from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
+from vllm.multimodal.parse import MultiModalDataItems
+from vllm.multimodal.processing import (
+    BaseDummyInputsBuilder,
+    BaseMultiModalProcessor,
+    BaseProcessingInfo,
+    PromptReplacement,
+    PromptUpdate,
+)
+
+from iaa_vllm import config as iaa_config
+
+try:  # transformers >= 5: the PIL path the release used; the default one is torchvision's
+    from transformers import CLIPImageProcessorPil as CLIPImageProcessor
+except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL path
+    from transformers import CLIPImageProcessor
+
+
+def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """Centre `image` on a square canvas of side max(w, h) filled with `background`."""
+    width, height = image.size
+    if width == height:
+        return image
+    side = max(width, height)
+    canvas = Image.new(image.mode, (side, side), background)
+    canvas.paste(image, ((side - width) // 2, (side - height) // 2))
+    return canvas
+
+
+class IAAProcessingInfo(BaseProcessingInfo):
+    def get_hf_config(self) -> iaa_config.IAAConfig:
+        return self.ctx.get_hf_config(iaa_config.IAAConfig)
+
+    @cached_property
+    def vision_config(self):
+        return iaa_config.vision_config(self.get_hf_config())
+
+    @cached_property
+    def image_processor(self) -> CLIPImageProcessor:
+        kwargs = iaa_config.preprocessor_config(self.get_hf_config())
+        kwargs.pop("image_processor_type", None)
+        kwargs.pop("processor_class", None)
+        return CLIPImageProcessor(**kwargs)
+
+    def get_supported_mm_limits(self) -> Mapping[str, int | None]:
+        return {"image": 1}  # the release is trained on one image per conversation
+
+    def get_num_image_tokens(self) -> int:
+        patches = self.vision_config.image_size // self.vision_config.patch_size
+        return patches * patches  # CLS dropped (`mm_vision_select_feature: patch`)
+
+    def get_mm_max_tokens_per_item(self, seq_len, mm_counts) -> Mapping[str, int]:
+        return {"image": self.get_num_image_tokens()}
+
+    def pixel_values(self, images: Sequence[Image.Image]):
+        """[n, 3, S, S] float tensor: pad to square in the CLIP mean colour, then CLIP."""
+        processor = self.image_processor
+        background = tuple(int(255 * m) for m in processor.image_mean)
+        squares = [expand_to_square(im.convert("RGB"), background) for im in images]
+        return processor(images=squares, return_tensors="pt")["pixel_values"]
+
+
+class IAADummyInputsBuilder(BaseDummyInputsBuilder[IAAProcessingInfo]):
+    def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
+        from iaa_vllm.tokenizer import IMAGE_TOKEN
+
+        return IMAGE_TOKEN * mm_counts.get("image", 0)
+
+    def get_dummy_mm_data(self, seq_len, mm_counts, mm_options=None):
+        side = self.info.vision_config.image_size
+        return {
+            "image": self._get_dummy_images(
+                width=side,
+                height=side,
+                num_images=mm_counts.get("image", 0),
+                overrides=(mm_options or {}).get("image"),
+            )
+        }
+
+
+class IAAMultiModalProcessor(BaseMultiModalProcessor[IAAProcessingInfo]):
+    def _call_hf_processor(
+        self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
+    ) -> BatchFeature:
+        images = hf_data.get("images") or []
+        if isinstance(images, Image.Image):
+            images = [images]
+        return BatchFeature({"pixel_values": self.info.pixel_values(images)})
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        return dict(pixel_values=MultiModalFieldConfig.batched("image"))
+
+    def _get_prompt_updates(
+        self,
+        mm_items: MultiModalDataItems,
+        hf_processor_mm_kwargs: Mapping[str, object],
+        out_mm_kwargs: MultiModalKwargsItems,
+    ) -> Sequence[PromptUpdate]:
+        image_token = self.info.get_hf_config().image_token_index
+        return [
+            PromptReplacement(
+                modality="image",
+                target=[image_token],
+                replacement=[image_token] * self.info.get_num_image_tokens(),
+            )
+        ]

