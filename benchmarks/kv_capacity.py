@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,8 @@ if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importa
 from benchmarks.stock_llama import write_stock_llama  # noqa: E402
 
 RESULT_TAG = "KV_CAPACITY_RESULT "
+# vLLM logs the engine-specific part of the start (profile, KV cache, warm-up).
+INIT_LOG = re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINE_ARGS = dict(enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=2048, seed=0)
@@ -59,7 +62,8 @@ def run_in_child(model: str, dtype: str, kv_space_gib: float) -> dict:
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
         raise RuntimeError(f"engine on {model!r} failed (exit {proc.returncode})")
-    return json.loads(lines[-1][len(RESULT_TAG):])
+    init = INIT_LOG.search(proc.stdout + proc.stderr)
+    return {**json.loads(lines[-1][len(RESULT_TAG):]), "init_engine_s": float(init.group(1)) if init else None}
 
 
 def kv_bytes_per_token_per_layer(config: dict, dtype: str) -> int:
@@ -103,12 +107,16 @@ def main(args: argparse.Namespace) -> int:
         first = r["runs"][0]
         r.update({k: first[k] for k in ("num_blocks", "block_size", "kv_tokens", "kv_cache_size_tokens")})
         r["start_s"] = statistics.median(run["start_s"] for run in r["runs"])
+        inits = [run["init_engine_s"] for run in r["runs"] if run["init_engine_s"] is not None]
+        r["init_engine_s"] = statistics.median(inits) if inits else None
         # The layers' worth of KV each token costs, from the budget and the capacity.
         r["kv_layers_inferred"] = args.kv_space_gib * 2**30 / (r["kv_tokens"] * per_token_layer)
 
     stock, iaa = results["stock_llama"], results["iaa"]
     report = {
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), **versions()},
+        # Start times are mostly process spawn and imports: the load average says how busy the machine was.
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
+                    **versions()},
         "settings": {"VLLM_CPU_KVCACHE_SPACE_gib": args.kv_space_gib, "dtype": args.dtype, **ENGINE_ARGS},
         "checkpoint": {"path": args.model, "num_layers": num_layers, "insertion_depths": num_depths},
         "engines": results,
@@ -148,8 +156,11 @@ def print_report(r: dict) -> None:
           f"{s['dtype']}, on {r['machine']['cpu']} ({r['machine']['cores']} cores)")
     for name, e in r["engines"].items():
         print(f"  {name:12s} {e['kv_tokens']:>10,} tokens  ({e['num_blocks']:,} blocks x {e['block_size']}, "
-              f"{e['kv_layers_inferred']:.2f} layers of KV)  start {e['start_s']:.1f} s "
-              f"(runs: {', '.join(format(x['start_s'], '.1f') for x in e['runs'])})")
+              f"{e['kv_layers_inferred']:.2f} layers of KV)")
+        init = "?" if e["init_engine_s"] is None else f"{e['init_engine_s']:.2f}"
+        print(f"  {'':12s} start {e['start_s']:.1f} s (runs: "
+              f"{', '.join(format(x['start_s'], '.1f') for x in e['runs'])}), of which vLLM's "
+              f"profile + KV cache + warm-up {init} s")
     c, exp = r["checkpoint"], r["expected_ratio"]
     print(f"  ratio iaa/stock: measured {r['measured_ratio']:.3f}; expected {c['num_layers']}/"
           f"{c['num_layers'] + c['insertion_depths']} = {exp['shared']:.3f} with the shared slot "

@@ -76,6 +76,7 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     batch_s = time.perf_counter() - start
+    llm.llm_engine.engine_core.shutdown()
 
     total = 0
     print()

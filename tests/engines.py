@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+# Tests ship small inspection functions to the worker with `LLM.apply_model`.
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 from vllm import LLM, SamplingParams  # noqa: E402
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from iaa_vllm.tokenizer import build_prompt
 from tests import engines
@@ -129,3 +130,57 @@ def test_prefix_caching_is_correct_across_workflows(iaa_engine, reference, token
         outputs.append(output)
     # Caching is really on: the repeated mm request reuses the image prefix.
     assert outputs[3].num_cached_tokens >= 576
+
+
+@pytest.mark.slow
+def test_tensor_parallel_2_equals_1(iaa_engine, tiny_dir, images, monkeypatch):
+    # The CPU backend binds one OpenMP thread group per rank; one core each here.
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")
+    requests = [text_request(QUESTIONS[0]), image_request(QUESTIONS[1], images[0]),
+                image_request(QUESTIONS[2], images[1])]
+    params = [engines.greedy(wf, max_tokens=6) for wf in ("text", "mm", "grounding")]
+    tp2 = engines.start_engine(tiny_dir, tensor_parallel_size=2, distributed_executor_backend="mp")
+    try:
+        sharded = tp2.generate(requests, params)
+    finally:
+        engines.stop_engine(tp2)
+    for ours, single in zip(sharded, iaa_engine.generate(requests, params)):
+        ids, logprobs = engines.tokens_and_logprobs(ours)
+        single_ids, single_logprobs = engines.tokens_and_logprobs(single)
+        assert ids == single_ids
+        # Sharded GEMMs plus an all-reduce reorder fp32 sums: ~1e-6 seen.
+        assert logprobs == pytest.approx(single_logprobs, abs=1e-4)
+
+
+def test_prompt_logprobs_use_each_workflows_head(iaa_engine, reference, tokenizer, images):
+    request = image_request(QUESTIONS[0], images[0])
+    params = engines.greedy("grounding", max_tokens=1)
+    params.prompt_logprobs = 0
+    output = iaa_engine.generate([request], params)[0]
+    ids = list(output.prompt_token_ids)
+    pixels = reference.preprocess(images[0])[None]
+    expected = reference.logits(ids, "grounding", pixel_values=pixels).log_softmax(-1)
+    got = [step[token].logprob for step, token in zip(output.prompt_logprobs[1:], ids[1:])]
+    want = expected[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].tolist()
+    assert got == pytest.approx(want, abs=LOGPROB_ATOL)
+
+
+def _count_insertion_calls(model):
+    model._calls = getattr(model, "_calls", 0)
+    if not getattr(model, "_counting", False):
+        def hook(module, args):
+            model._calls += 1
+        for layer in model.insertion_layers:
+            layer.register_forward_pre_hook(hook)
+        model._counting = True
+    return model._calls
+
+
+def test_text_only_batches_run_no_insertion_layer(iaa_engine, images):
+    calls = lambda: sum(iaa_engine.apply_model(_count_insertion_calls))  # noqa: E731
+    start = calls()
+    iaa_engine.generate([text_request(q) for q in QUESTIONS], engines.greedy("text", 4))
+    assert calls() == start
+    iaa_engine.generate([image_request(QUESTIONS[0], images[0])], engines.greedy("mm", 4))
+    # Every step of the image request (1 prefill + 3 decodes) ran every insertion layer.
+    assert calls() - start == 4 * 3
