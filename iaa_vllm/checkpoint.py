@@ -12,13 +12,14 @@ import glob
 import hashlib
 import json
 import os
+from types import SimpleNamespace
 
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from iaa_vllm import tokenizer
+from iaa_vllm import tokenizer, weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STD = 0.02  # matrices and embeddings, as Llama's initializer_range
@@ -28,8 +29,6 @@ CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
 VISION_DIR = "vision_tower"
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-# The per-workflow adapter sets: (name suffix, projector name) as in the release.
-WORKFLOW_SETS = {"mm": ("", "mm_projector"), "grounding": ("_grounding", "mm_projector_G")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,18 +96,6 @@ def get_preset(name: str) -> Preset:
     return PRESETS[name]
 
 
-def _decoder_layer_plan(prefix: str, c: dict) -> list[tuple[str, tuple[int, ...]]]:
-    h, i = c["hidden_size"], c["intermediate_size"]
-    head_dim = h // c["num_attention_heads"]
-    kv = c["num_key_value_heads"] * head_dim
-    shapes = {
-        "self_attn.q_proj": (h, h), "self_attn.k_proj": (kv, h), "self_attn.v_proj": (kv, h),
-        "self_attn.o_proj": (h, h), "mlp.gate_proj": (i, h), "mlp.up_proj": (i, h),
-        "mlp.down_proj": (h, i), "input_layernorm": (h,), "post_attention_layernorm": (h,),
-    }
-    return [(f"{prefix}.{k}.weight", s) for k, s in shapes.items()]
-
-
 def _weight_bias(name: str, shape: tuple[int, ...]) -> list[tuple[str, tuple[int, ...]]]:
     return [(f"{name}.weight", shape), (f"{name}.bias", shape[:1])]
 
@@ -132,20 +119,10 @@ def _clip_plan(c: dict) -> list[tuple[str, tuple[int, ...]]]:
 def tensor_plan(preset: str) -> list[tuple[str, tuple[int, ...]]]:
     """Every tensor of the checkpoint as (name, shape), in file order."""
     p = get_preset(preset)
-    c = p.llama
-    h, v = c["hidden_size"], c["vocab_size"]
-    plan = [("model.embed_tokens.weight", (v, h))]
-    for i in range(c["num_hidden_layers"]):
-        plan += _decoder_layer_plan(f"model.layers.{i}", c)
-    plan += [("model.norm.weight", (h,)), ("lm_head.weight", (v, h))]
-    for suffix, proj in WORKFLOW_SETS.values():
-        plan.append((f"model.embed_tokens_condition{suffix}.weight", (v, h)))
-        for k in range(len(p.insertion_layers)):
-            plan += _decoder_layer_plan(f"model.condition_layers{suffix}.{k}", c)
-        plan += [(f"model.norm_condition{suffix}.weight", (h,)), (f"lm_head_condtion{suffix}.weight", (v, h))]
-        plan += _weight_bias(f"model.{proj}.0", (h, p.clip["hidden_size"]))  # mm_hidden -> hidden
-        plan += _weight_bias(f"model.{proj}.2", (h, h))
-    return plan + _clip_plan(p.clip)
+    language = SimpleNamespace(
+        **p.llama, mm_hidden_size=p.clip["hidden_size"], iaa_insertion_layers=p.insertion_layers
+    )
+    return list(weights.language_plan(language).items()) + _clip_plan(p.clip)
 
 
 def _randn(shape: tuple[int, ...], seed: int, name: str) -> torch.Tensor:

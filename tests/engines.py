@@ -31,10 +31,14 @@ def stop_engine(llm: LLM) -> None:
     llm.llm_engine.engine_core.shutdown()
 
 
-def greedy(workflow: str | None = None, max_tokens: int = 8, logprobs: int = 1) -> SamplingParams:
+def greedy(
+    workflow: str | None = None, max_tokens: int = 8, logprobs: int = 1, **kwargs
+) -> SamplingParams:
+    # Options go through the constructor: its __post_init__ derives settings from
+    # them (prompt_logprobs turns off prefix-cache reads, for instance).
     extra = {"iaa_workflow": workflow} if workflow else None
     return SamplingParams(
-        max_tokens=max_tokens, temperature=0.0, logprobs=logprobs, extra_args=extra
+        max_tokens=max_tokens, temperature=0.0, logprobs=logprobs, extra_args=extra, **kwargs
     )
 
 

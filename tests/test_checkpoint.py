@@ -195,8 +195,8 @@ def test_plan_matches_hf_modules(preset):
     with torch.device("meta"):
         llama = LlamaForCausalLM(LlamaConfig(**p.llama))
         clip = CLIPVisionModel(CLIPVisionConfig(**p.clip))
-    expected = [(n, tuple(t.shape)) for n, t in llama.named_parameters()]
-    assert [(n, s) for n, s in plan if n.startswith(("model.embed_tokens.", "model.layers.", "model.norm.",
-                                                     "lm_head."))] == expected
-    expected = [(C.CLIP_PREFIX + n.removeprefix("vision_model."), tuple(t.shape)) for n, t in clip.named_parameters()]
-    assert [(n, s) for n, s in plan if n.startswith(C.CLIP_PREFIX)] == expected
+    expected = {n: tuple(t.shape) for n, t in llama.named_parameters()}
+    frozen = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
+    assert {n: s for n, s in plan if n.startswith(frozen)} == expected
+    expected = {C.CLIP_PREFIX + n.removeprefix("vision_model."): tuple(t.shape) for n, t in clip.named_parameters()}
+    assert {n: s for n, s in plan if n.startswith(C.CLIP_PREFIX)} == expected

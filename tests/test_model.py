@@ -154,8 +154,7 @@ def test_tensor_parallel_2_equals_1(iaa_engine, tiny_dir, images, monkeypatch):
 
 def test_prompt_logprobs_use_each_workflows_head(iaa_engine, reference, tokenizer, images):
     request = image_request(QUESTIONS[0], images[0])
-    params = engines.greedy("grounding", max_tokens=1)
-    params.prompt_logprobs = 0
+    params = engines.greedy("grounding", max_tokens=1, prompt_logprobs=0)
     output = iaa_engine.generate([request], params)[0]
     ids = list(output.prompt_token_ids)
     pixels = reference.preprocess(images[0])[None]
