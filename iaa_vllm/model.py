@@ -78,13 +78,20 @@ def _set_renames() -> dict[str, str]:
     return {re.compile(k): v for k, v in renames.items()}
 
 
-def _require_eager_v1(vllm_config: VllmConfig) -> None:
-    """Refuse what would silently break routing.
+def refuse_unsupported(vllm_config: VllmConfig) -> None:
+    """Refuse, with the fix in the message, set-ups that would break routing.
 
     Model Runner V2 does not drive the logits-processor hook routing relies on; a
     CUDA graph captured on a dummy (all-text) batch would replay the text path for
-    every batch, silently skipping the image workflows.
+    every batch, silently skipping the image workflows; the layer loop interleaves
+    insertion layers with every frozen layer, so all layers must be local (no PP).
     """
+    if vllm_config.parallel_config.pipeline_parallel_size > 1:
+        raise ValueError(
+            "IAA does not support pipeline parallelism "
+            f"(pipeline_parallel_size={vllm_config.parallel_config.pipeline_parallel_size}); "
+            "use tensor parallelism or replicas"
+        )
     if getattr(vllm_config, "use_v2_model_runner", False):
         raise ValueError(
             "IAA routes workflows through the V1 model runner; set "
@@ -128,7 +135,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         super().__init__()
         config = vllm_config.model_config.hf_config
         iaa_config.validate(config)
-        _require_eager_v1(vllm_config)
+        refuse_unsupported(vllm_config)
         quant_config = vllm_config.quant_config
         self.config, self.vllm_config = config, vllm_config
         self.vision_config = iaa_config.vision_config(config)
@@ -273,20 +280,22 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         row_workflow = self._logit_row_workflows(hidden_states)
         if row_workflow is None or not bool((row_workflow != routing.TEXT).any()):
             return self.logits_processor(self.lm_head, hidden_states)
-        # Each row through its own workflow's head: selected, never blended.
+        # Each row through its own workflow's head: selected, never blended. Every
+        # rank calls every head: the logits gather is a collective.
         heads = [self.lm_head] + [self.sets[wf].lm_head for wf in routing.IMAGE_WORKFLOWS]
-        logits = None
+        logits, gathered_here = None, True
         for workflow_id, head in enumerate(heads):
             idx = (row_workflow == workflow_id).nonzero().squeeze(1)
             if not idx.numel():
                 continue
             part = self.logits_processor(head, hidden_states[idx])
-            if part is None:  # not the rank that gathers the logits
-                return None
+            if part is None:  # not the rank that receives the gathered logits
+                gathered_here = False
+                continue
             if logits is None:
                 logits = part.new_empty(hidden_states.shape[0], part.shape[-1])
             logits[idx] = part
-        return logits
+        return logits if gathered_here else None
 
     # ---- weights ------------------------------------------------------------
     def load_weights(self, weights_in: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
