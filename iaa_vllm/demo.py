@@ -13,15 +13,15 @@ import time
 
 from PIL import Image, ImageDraw
 
+from iaa_vllm import grounding
 from iaa_vllm.tokenizer import build_prompt
 
 DEFAULT_MODEL = os.path.join("checkpoints", "tiny")
-GROUNDING_PROMPT = "Please provide the bounding box coordinate of the region this sentence describes: "
 # (workflow, question, with image)
 REQUESTS = [
     ("text", "What is the capital of France?", False),
     ("mm", "What shapes are in this image?", True),
-    ("grounding", GROUNDING_PROMPT + "the red circle", True),
+    ("grounding", grounding.question("the red circle"), True),
 ]
 
 
@@ -86,6 +86,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"[{workflow}] {question}" + (f"  (image {image.width}x{image.height})" if with_image else ""))
         print(f"  -> {completion.text!r}")
         print(f"     {len(completion.token_ids)} tokens, prompt {len(out.prompt_token_ids)} tokens")
+        if workflow == "grounding":  # random weights rarely produce a well-formed box
+            boxes = grounding.pixel_boxes(completion.text, image.width, image.height)
+            print(f"     pixel boxes on the {image.width}x{image.height} image: {boxes}")
     print()
     print(f"engine start   {engine_s:6.1f} s")
     print(f"batch latency  {batch_s:6.2f} s  ({len(prompts)} requests, {total} generated tokens)")
