@@ -19,16 +19,14 @@ import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from iaa_vllm import tokenizer, weights
+from iaa_vllm import clip_defaults, tokenizer, weights
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STD = 0.02  # matrices and embeddings, as Llama's initializer_range
 SMALL = 0.01  # biases and the noise around 1 in norm weights
 INDEX_FILE = "model.safetensors.index.json"
-CLIP_PREFIX = "model.vision_tower.vision_tower.vision_model."
+CLIP_PREFIX = weights.VISION_PREFIX + "vision_model."
 VISION_DIR = "vision_tower"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +44,11 @@ _LLAMA_8B = dict(
     num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=8192,
     rope_theta=500000.0, rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
 )
-_CLIP_L_336 = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
-    image_size=336, patch_size=14, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=768,
-)
 
 
 def _real(depths: tuple[int, ...]) -> Preset:
     """Llama-3-8B + CLIP ViT-L/14-336; CLIP's configs come from its hub name."""
-    return Preset(_LLAMA_8B, depths, _CLIP_L_336, "openai/clip-vit-large-patch14-336", "bfloat16", 5000)
+    return Preset(_LLAMA_8B, depths, clip_defaults.CLIP_L_336_CONFIG, clip_defaults.CLIP_L_336, "bfloat16", 5000)
 
 
 PRESETS = {
@@ -64,7 +58,7 @@ PRESETS = {
                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 2048},
         insertion_layers=(0, 1, 3),
         # 336/14 keeps the real 576 patch tokens per image.
-        clip={**_CLIP_L_336, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
+        clip={**clip_defaults.CLIP_L_336_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
               "num_attention_heads": 2, "projection_dim": 32},
         mm_vision_tower=VISION_DIR, dtype="float32", shard_size_mb=64,
     ),
@@ -193,12 +187,10 @@ def _write_vision_tower(dirpath: str, clip: dict) -> None:
         "model_type": "clip_vision_model", **clip, "num_channels": 3, "attention_dropout": 0.0,
         "initializer_range": STD, "initializer_factor": 1.0, "transformers_version": transformers.__version__,
     })
+    side = clip["image_size"]
     _write_json(os.path.join(dirpath, "preprocessor_config.json"), {
-        "image_processor_type": "CLIPImageProcessor", "do_resize": True,
-        "size": {"shortest_edge": clip["image_size"]}, "resample": 3,  # bicubic
-        "do_center_crop": True, "crop_size": {"height": clip["image_size"], "width": clip["image_size"]},
-        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True,
+        **clip_defaults.CLIP_L_336_PREPROCESSOR, "image_processor_type": "CLIPImageProcessor",
+        "size": {"shortest_edge": side}, "crop_size": {"height": side, "width": side},
     })
 
 

@@ -13,28 +13,13 @@ import os
 from transformers import CLIPVisionConfig, LlamaConfig
 
 from iaa_vllm import MODEL_TYPE
+from iaa_vllm.clip_defaults import CLIP_L_336, CLIP_L_336_CONFIG, CLIP_L_336_PREPROCESSOR
 
 RELEASE_INSERTION_LAYERS = [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31]
 IMAGE_TOKEN_INDEX = 128049  # <|reserved_special_token_44|>
-CLIP_L_336 = "openai/clip-vit-large-patch14-336"
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 SELECT_FEATURES = ("patch",)
 ASPECT_RATIOS = ("pad",)
-
-# Built-in CLIP ViT-L/14-336 so a release checkpoint with CLIP inside loads offline.
-_CLIP_L_336_CONFIG = dict(
-    hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-    num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
-    hidden_act="quick_gelu", layer_norm_eps=1e-5,
-)
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-_CLIP_L_336_PREPROCESSOR = dict(
-    size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336},
-    do_resize=True, do_center_crop=True, do_rescale=True, rescale_factor=1 / 255,
-    do_normalize=True, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD),
-    resample=3, do_convert_rgb=True,
-)
 
 
 class IAAConfig(LlamaConfig):
@@ -127,7 +112,7 @@ def vision_config(config: IAAConfig) -> CLIPVisionConfig:
     if folder is not None and os.path.exists(os.path.join(folder, "config.json")):
         return CLIPVisionConfig.from_pretrained(folder)
     if config.mm_vision_tower == CLIP_L_336:
-        return CLIPVisionConfig(**_CLIP_L_336_CONFIG)
+        return CLIPVisionConfig(**CLIP_L_336_CONFIG)
     raise ValueError(
         f"mm_vision_tower={config.mm_vision_tower!r}: no such local folder (absolute "
         f"or relative to the model folder) and not in the HF cache; only "
@@ -144,7 +129,7 @@ def preprocessor_config(config: IAAConfig) -> dict:
     if os.path.exists(path):
         with open(path) as f:
             return json.load(f)
-    return dict(_CLIP_L_336_PREPROCESSOR)
+    return dict(CLIP_L_336_PREPROCESSOR)
 
 
 def num_vision_layers(config: IAAConfig, vision: CLIPVisionConfig) -> int:

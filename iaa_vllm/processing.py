@@ -43,6 +43,21 @@ def expand_to_square(image: Image.Image, background: tuple[int, int, int]) -> Im
     return canvas
 
 
+def clip_image_processor(hf_config: iaa_config.IAAConfig) -> CLIPImageProcessor:
+    """The tower's CLIP image processor (its preprocessor_config.json, else CLIP-L/336)."""
+    kwargs = iaa_config.preprocessor_config(hf_config)
+    kwargs.pop("image_processor_type", None)
+    kwargs.pop("processor_class", None)
+    return CLIPImageProcessor(**kwargs)
+
+
+def pixel_values(processor: CLIPImageProcessor, images: Sequence[Image.Image]):
+    """[n, 3, S, S] float tensor: pad to square in the CLIP mean colour, then CLIP."""
+    background = tuple(int(255 * m) for m in processor.image_mean)
+    squares = [expand_to_square(im.convert("RGB"), background) for im in images]
+    return processor(images=squares, return_tensors="pt")["pixel_values"]
+
+
 class IAAProcessingInfo(BaseProcessingInfo):
     def get_hf_config(self) -> iaa_config.IAAConfig:
         return self.ctx.get_hf_config(iaa_config.IAAConfig)
@@ -53,10 +68,7 @@ class IAAProcessingInfo(BaseProcessingInfo):
 
     @cached_property
     def image_processor(self) -> CLIPImageProcessor:
-        kwargs = iaa_config.preprocessor_config(self.get_hf_config())
-        kwargs.pop("image_processor_type", None)
-        kwargs.pop("processor_class", None)
-        return CLIPImageProcessor(**kwargs)
+        return clip_image_processor(self.get_hf_config())
 
     def get_supported_mm_limits(self) -> Mapping[str, int | None]:
         return {"image": 1}  # the release is trained on one image per conversation
@@ -68,12 +80,6 @@ class IAAProcessingInfo(BaseProcessingInfo):
     def get_mm_max_tokens_per_item(self, seq_len, mm_counts) -> Mapping[str, int]:
         return {"image": self.get_num_image_tokens()}
 
-    def pixel_values(self, images: Sequence[Image.Image]):
-        """[n, 3, S, S] float tensor: pad to square in the CLIP mean colour, then CLIP."""
-        processor = self.image_processor
-        background = tuple(int(255 * m) for m in processor.image_mean)
-        squares = [expand_to_square(im.convert("RGB"), background) for im in images]
-        return processor(images=squares, return_tensors="pt")["pixel_values"]
 
 
 class IAADummyInputsBuilder(BaseDummyInputsBuilder[IAAProcessingInfo]):
@@ -101,7 +107,7 @@ class IAAMultiModalProcessor(BaseMultiModalProcessor[IAAProcessingInfo]):
         images = hf_data.get("images") or []
         if isinstance(images, Image.Image):
             images = [images]
-        return BatchFeature({"pixel_values": self.info.pixel_values(images)})
+        return BatchFeature({"pixel_values": pixel_values(self.info.image_processor, images)})
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         return dict(pixel_values=MultiModalFieldConfig.batched("image"))

@@ -8,6 +8,8 @@ import math
 import os
 
 import pytest
+
+from iaa_vllm.clip_defaults import CLIP_MEAN
 import torch
 
 from iaa_vllm import checkpoint as C
@@ -80,7 +82,7 @@ def test_tiny_vision_tower_and_tokenizer(tiny):
     assert (vision.hidden_size, vision.num_hidden_layers, vision.image_size, vision.patch_size) == (32, 3, 336, 14)
     assert vision.hidden_act == "quick_gelu"
     proc = CLIPImageProcessor.from_pretrained(path / "vision_tower")
-    assert list(proc.image_mean) == C.CLIP_MEAN and proc.do_center_crop and proc.do_convert_rgb
+    assert tuple(proc.image_mean) == CLIP_MEAN and proc.do_center_crop and proc.do_convert_rgb
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.convert_tokens_to_ids(T.IMAGE_TOKEN) == 128049 and tok.chat_template == T.CHAT_TEMPLATE
 

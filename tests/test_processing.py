@@ -5,24 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iaa_vllm.processing import expand_to_square
+from iaa_vllm import config as iaa_config
+from iaa_vllm.processing import clip_image_processor, expand_to_square, pixel_values
 from tests.conftest import make_image
-
-
-class _Info:
-    """IAAProcessingInfo's image path without a vLLM context."""
-
-    def __init__(self, tiny_dir):
-        from iaa_vllm import config as iaa_config
-        from iaa_vllm.processing import CLIPImageProcessor
-
-        kwargs = iaa_config.preprocessor_config(iaa_config.load_config(tiny_dir))
-        kwargs.pop("image_processor_type", None)
-        self.image_processor = CLIPImageProcessor(**kwargs)
-
-    from iaa_vllm.processing import IAAProcessingInfo
-
-    pixel_values = IAAProcessingInfo.pixel_values
 
 
 def test_expand_to_square_centres_the_image():
@@ -37,7 +22,7 @@ def test_expand_to_square_centres_the_image():
 @pytest.mark.parametrize("size", [(300, 200), (180, 260), (336, 336), (1, 9), (1000, 40)])
 def test_pixel_values_equal_the_reference(tiny_dir, reference, size):
     image = make_image(*size, seed=sum(size))
-    ours = _Info(tiny_dir).pixel_values([image])
+    ours = pixel_values(clip_image_processor(iaa_config.load_config(tiny_dir)), [image])
     expected = reference.preprocess(image)
     assert ours.shape == (1, 3, 336, 336)
     # Same PIL bicubic resize on both sides; 1e-5 absorbs float32 rescale/normalise order.
