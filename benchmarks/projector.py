@@ -31,6 +31,11 @@ GPU = dict(mm_hidden=1024, hidden=4096, dtype="bfloat16", images=[1, 2, 4, 8, 16
 CPU_SMOKE = dict(mm_hidden=32, hidden=64, dtype="float32", images=[1, 2])
 GOAL = dict(speedup_vs_eager=1.2, from_images=8)  # issue 4, on H100; and never slower
 PROVIDERS = ("torch_eager", "torch_compile", "triton")
+# Tile configurations tried by `--sweep` on the GPU (BLOCK_M, BLOCK_N, BLOCK_K, warps,
+# stages): the tutorial's, wider N tiles for wgmma, and short M tiles for few tokens.
+SWEEP = [(128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3),
+         (128, 128, 64, 4, 4), (64, 256, 64, 4, 4), (64, 128, 64, 4, 4), (128, 64, 64, 4, 4),
+         (32, 128, 64, 4, 4), (16, 128, 128, 4, 4), (64, 64, 128, 4, 4)]
 
 
 def make_inputs(tokens: int, k: int, h: int, dtype, device):
@@ -87,6 +92,40 @@ def run(shapes: dict, on_gpu: bool, repeats: int) -> list[dict]:
             f"; triton {row['speedup_vs_eager']['triton']:.2f}x eager", flush=True)
         rows.append(row)
     return rows
+
+
+def sweep(shapes: dict) -> list[dict]:
+    """Time `_fused` under every SWEEP tile config at each shape (GPU only)."""
+    import torch
+
+    from kernels import projector
+
+    dtype = getattr(torch, shapes["dtype"])
+    found = []
+    for images in shapes["images"]:
+        tokens = images * TOKENS_PER_IMAGE
+        inputs = make_inputs(tokens, shapes["mm_hidden"], shapes["hidden"], dtype, "cuda")
+        eager = projector.projector_reference(*inputs).float()
+        times = {}
+        for bm, bn, bk, warps, stages in SWEEP:
+            config = dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=8, num_warps=warps, num_stages=stages)
+            key = f"{bm}x{bn}x{bk}/w{warps}/s{stages}"
+            try:
+                err = (projector._fused(*inputs, config=config).float() - eager).abs().max().item()
+                if not err < 0.1:  # a wrong result is a broken config, not a fast one
+                    times[key] = f"wrong: max abs diff {err}"
+                    continue
+                times[key] = time_ms(lambda: projector._fused(*inputs, config=config), True, 0)
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory: skip the config
+                times[key] = f"failed: {type(exc).__name__}"
+        timed = {k: v for k, v in times.items() if isinstance(v, float)}
+        best = min(timed, key=timed.get)
+        eager_ms = time_ms(lambda: projector.projector_reference(*inputs), True, 0)
+        print(f"sweep {images:3d} images: best {best} {timed[best]:.3f} ms "
+              f"({eager_ms / timed[best]:.2f}x eager {eager_ms:.3f} ms)", flush=True)
+        found.append({"images": images, "tokens": tokens, "ms": times, "best": best,
+                      "eager_ms": eager_ms})
+    return found
 
 
 def goal_check(rows: list[dict]) -> dict:
@@ -177,6 +216,8 @@ def main(args: argparse.Namespace) -> int:
         "machine": machine(on_gpu), "shapes": {**shapes, "tokens_per_image": TOKENS_PER_IMAGE},
         "rows": rows, "goal": goal_check(rows) if on_gpu else None,
     }
+    if args.sweep and on_gpu:
+        report["sweep"] = sweep(shapes)
     stem = "projector_cpu_smoke" if args.cpu_smoke else "projector"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
@@ -194,6 +235,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="tiny fp32 shapes on CPU, Triton interpreted; not a measurement")
+    parser.add_argument("--sweep", action="store_true",
+                        help="GPU: also time every tile config in SWEEP at each shape")
     parser.add_argument("--repeats", type=int, default=5, help="CPU smoke: timed calls per provider")
     parser.add_argument("--out", default=RESULTS_DIR, help="where the JSON and PNG go")
     return parser.parse_args(argv)
