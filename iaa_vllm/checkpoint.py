@@ -196,11 +196,13 @@ def _write_vision_tower(dirpath: str, clip: dict) -> None:
 
 def write_checkpoint(dirpath: str | os.PathLike, preset: str = "tiny", dtype: str | None = None,
                      seed: int = 0, shard_size_mb: int | None = None, overwrite: bool = False,
-                     progress: bool = True) -> CheckpointInfo:
+                     progress: bool = True, config_only: bool = False) -> CheckpointInfo:
     """Write a random checkpoint of `preset` (dtype / shard size default to the preset's).
 
     Tensors are generated one at a time and written shard by shard, so the real
-    presets (~33 GB in bf16) never sit in memory whole.
+    presets (~33 GB in bf16) never sit in memory whole. `config_only` writes
+    everything but the tensors, for engines started with `load_format="dummy"`
+    (vLLM fills the weights itself; benchmarks at real shapes).
     """
     p = get_preset(preset)
     dtype = dtype or p.dtype
@@ -218,8 +220,8 @@ def write_checkpoint(dirpath: str | os.PathLike, preset: str = "tiny", dtype: st
     plan = tensor_plan(preset)
     shards = _plan_shards(plan, itemsize, (shard_size_mb or p.shard_size_mb) * 2**20)
     files = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    bar = tqdm(total=len(plan), desc=f"writing {preset}", unit="tensor", disable=not progress)
-    for shard, file in zip(shards, files):
+    bar = tqdm(total=len(plan), desc=f"writing {preset}", unit="tensor", disable=not progress or config_only)
+    for shard, file in zip(shards, [] if config_only else files):
         tensors = {}  # one shard at a time in memory
         for name, shape in shard:
             tensors[name] = make_tensor(name, shape, seed).to(torch_dtype)
@@ -231,7 +233,8 @@ def write_checkpoint(dirpath: str | os.PathLike, preset: str = "tiny", dtype: st
     num_bytes = num_params * itemsize
     weight_map = {name: file for shard, file in zip(shards, files) for name, _ in shard}
     index = {"metadata": {"total_size": num_bytes}, "weight_map": weight_map}
-    _write_json(os.path.join(dirpath, INDEX_FILE), index)
+    if not config_only:
+        _write_json(os.path.join(dirpath, INDEX_FILE), index)
     _write_json(os.path.join(dirpath, "config.json"), model_config(preset, dtype))
     _write_json(os.path.join(dirpath, "generation_config.json"), {
         "bos_token_id": tokenizer.BOS_TOKEN_ID, "eos_token_id": [128001, tokenizer.EOT_TOKEN_ID],
@@ -239,7 +242,7 @@ def write_checkpoint(dirpath: str | os.PathLike, preset: str = "tiny", dtype: st
     tokenizer.save_tokenizer(dirpath)
     if p.mm_vision_tower == VISION_DIR:
         _write_vision_tower(os.path.join(dirpath, VISION_DIR), p.clip)
-    return CheckpointInfo(dirpath, preset, dtype, len(plan), num_params, num_bytes, files)
+    return CheckpointInfo(dirpath, preset, dtype, len(plan), num_params, num_bytes, [] if config_only else files)
 
 
 def load_state_dict(dirpath: str | os.PathLike) -> dict[str, torch.Tensor]:
