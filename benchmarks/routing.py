@@ -13,12 +13,13 @@ routing only matters next to them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
 if not __package__:  # run as a script: make `kernels` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import report as report_files  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 HIDDEN, INTERMEDIATE, KV = 4096, 14336, 1024  # Llama-3-8B: 32 q heads, 8 kv heads of 128
@@ -125,18 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not torch.cuda.is_available():
-        print("routing benchmark: needs a CUDA device (the kernels' CPU checks are tests/test_kernels.py)",
+        print("routing benchmark: needs a CUDA device (the kernels' CPU checks are tests/test_kernels_routing.py)",
               file=sys.stderr)
         return 2
     rows = run()
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__,
               "note": "triton.testing.do_bench medians, ms", "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "routing.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    plot(report, os.path.join(args.out, "routing.png"))
-    print(f"wrote {os.path.join(args.out, 'routing')}.json and .png")
+    report_files.write(args.out, "routing", report, plot)
     return 0
 
 

@@ -37,6 +37,7 @@ import tempfile
 if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report as report_files  # noqa: E402
 from benchmarks import shapes  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -339,14 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         MODES["tiny"].update(mme_requests=2, concurrent=2, text_requests=3, text_tokens=4, mixed_per_workflow=1)
     report = run_all(args.preset, os.path.join(args.models_dir, args.preset), progress=lambda m: print(m, flush=True))
     report["machine"] = machine()
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(args.out, f"serving_{args.preset}{'_quick' if args.quick else ''}")
-    with open(stem + ".json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    plot(report, stem + ".png")
     print_report(report)
-    print(f"\nwrote {stem}.json and .png")
+    report_files.write(args.out, f"serving_{args.preset}{'_quick' if args.quick else ''}", report, plot)
     return 0
 
 

@@ -19,9 +19,13 @@ vLLM wheel; a provider that cannot be imported is reported and skipped).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
+
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import report as report_files  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKENS, HEADS, HEAD_DIM = 577, 16, 64
@@ -154,13 +158,8 @@ def main(argv: list[str] | None = None) -> int:
               "shape": dict(tokens=TOKENS, heads=HEADS, head_dim=HEAD_DIM, dtype="bfloat16"),
               "note": "triton.testing.do_bench medians, ms per call (all images)",
               "xformers_kernel": op, "missing": missing, "rows": rows}
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "vision_attention.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    plot(report, os.path.join(args.out, "vision_attention.png"))
     print(f"xformers dispatches to: {op}; missing providers: {missing or 'none'}")
-    print(f"wrote {os.path.join(args.out, 'vision_attention')}.json and .png")
+    report_files.write(args.out, "vision_attention", report, plot)
     return 0
 
 
