@@ -133,11 +133,11 @@ def token_workflows(
     Returns (workflow [num_tokens], prompt_len [num_tokens]) on the CPU; padding
     tokens past the last request are `text` so they never reach an insertion layer.
     """
-    starts = query_start_loc.cpu()
-    num_reqs = starts.numel() - 1
+    num_reqs = query_start_loc.numel() - 1
     slot_workflow = router.workflow[:num_reqs]
     if not slot_workflow.any():
-        return None
+        return None  # decided before the copy below: a text batch never syncs with the GPU
+    starts = query_start_loc.cpu()
     counts = (starts[1:] - starts[:-1]).long()
     workflow = torch.zeros(num_tokens, dtype=torch.long)
     prompt_len = torch.zeros(num_tokens, dtype=torch.long)
