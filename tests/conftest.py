@@ -61,3 +61,27 @@ def reference_prompt_ids(tokenizer, prompt: str) -> list[int]:
     for token in ids:
         expanded.extend([token] * IMAGE_TOKENS if token == IMAGE_TOKEN_ID else [token])
     return expanded
+
+
+@pytest.fixture(scope="session")
+def iaa_server(tiny_dir):
+    """One `iaa-vllm serve` on loopback (a `benchmarks.load.Server`) for every server test.
+
+    IAA_TEST_SERVER=http://127.0.0.1:PORT,PID reuses a running server instead (a
+    tiny checkpoint served with `benchmarks.load.SERVE_ARGS`): engine start takes
+    minutes on a busy 2-core machine.
+    """
+    import json
+    import os
+    import urllib.request
+
+    from benchmarks.load import Server, serve
+
+    if os.environ.get("IAA_TEST_SERVER"):
+        base, pid = os.environ["IAA_TEST_SERVER"].rsplit(",", 1)
+        with urllib.request.urlopen(f"{base}/v1/models", timeout=30) as response:
+            model = json.load(response)["data"][0]["id"]
+        yield Server(base, model, int(pid))
+        return
+    with serve(tiny_dir, timeout_s=900) as server:
+        yield server

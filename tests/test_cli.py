@@ -5,23 +5,12 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.conftest import make_image
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _post(url: str, body: dict) -> tuple[int, dict]:
@@ -34,25 +23,13 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server(tiny_dir):
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    command = [sys.executable, "-m", "iaa_vllm.cli", "serve", tiny_dir, "--enforce-eager",
-               "--dtype", "float32", "--max-model-len", "2048", "--host", "127.0.0.1",
-               "--port", str(port)]
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 600
-    while time.time() < deadline:
-        assert process.poll() is None, "iaa-vllm serve exited during start-up"
-        try:
-            urllib.request.urlopen(f"{base}/health", timeout=5)
-            break
-        except OSError:
-            time.sleep(2)
-    yield base
-    process.terminate()
-    process.wait(timeout=60)
+def server(iaa_server) -> str:
+    return iaa_server.base  # one server for every server test (tests/conftest.py)
+
+
+@pytest.fixture(scope="module")
+def served_model(iaa_server) -> str:
+    return iaa_server.model
 
 
 def _image_url() -> str:
@@ -61,8 +38,8 @@ def _image_url() -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _chat(base: str, tiny_dir: str, content, workflow: str | None):
-    body = {"model": tiny_dir, "max_tokens": 4, "temperature": 0,
+def _chat(base: str, model: str, content, workflow: str | None):
+    body = {"model": model, "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": content}]}
     if workflow:
         body["vllm_xargs"] = {"iaa_workflow": workflow}
@@ -70,22 +47,22 @@ def _chat(base: str, tiny_dir: str, content, workflow: str | None):
 
 
 @pytest.mark.slow
-def test_serve_answers_every_workflow_and_rejects_bad_ones(server, tiny_dir):
+def test_serve_answers_every_workflow_and_rejects_bad_ones(server, served_model):
     image = [{"type": "image_url", "image_url": {"url": _image_url()}},
              {"type": "text", "text": "What is this?"}]
     answers = {}
     for workflow in ("mm", "grounding", None):
-        status, reply = _chat(server, tiny_dir, image, workflow)
+        status, reply = _chat(server, served_model, image, workflow)
         assert status == 200, reply
         assert reply["usage"]["prompt_tokens"] > 576  # the image became 576 placeholders
         answers[workflow] = reply["choices"][0]["message"]["content"]
     assert answers[None] == answers["mm"]  # an image request defaults to mm
     assert answers["mm"] != answers["grounding"]
-    status, reply = _chat(server, tiny_dir, "What is this?", "text")
+    status, reply = _chat(server, served_model, "What is this?", "text")
     assert status == 200 and reply["usage"]["prompt_tokens"] < 100
-    status, reply = _chat(server, tiny_dir, image, "text")
+    status, reply = _chat(server, served_model, image, "text")
     assert status == 400 and "cannot take an image" in reply["error"]["message"]
-    status, reply = _chat(server, tiny_dir, "hi", "ocr")
+    status, reply = _chat(server, served_model, "hi", "ocr")
     assert status == 400 and "valid: ['text', 'mm', 'grounding']" in reply["error"]["message"]
 
 

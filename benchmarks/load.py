@@ -1,0 +1,378 @@
+"""Bounded load on loopback: concurrent OpenAI clients mixing the three workflows and bad requests.
+
+Every good request is first run alone (greedy) to get its solo answer; then
+`--clients` threads start together, each sending `--requests-per-client`
+requests from a fixed schedule in which every fourth request is bad (invalid
+base64, not an image, a decompression bomb, an unknown workflow, `text` with an
+image, a prompt over `max_model_len`). Pass criteria, reported in the JSON:
+no 5xx, every bad request a 4xx, every good answer equal to its solo answer.
+The server's memory (RSS of the API server and its engine process) is read
+before and after the load.
+
+    .venv/bin/python benchmarks/load.py [--model checkpoints/tiny] [--clients 64] [--requests-per-client 4]
+    .venv/bin/python benchmarks/load.py --base-url http://127.0.0.1:8000 --pid SERVER_PID   # a running server
+
+Without `--base-url` it starts `iaa-vllm serve` on a free loopback port and
+stops it at the end. Writes benchmarks/results/load.json and load.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import io
+import json
+import os
+import platform
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import psutil
+from PIL import Image, ImageDraw
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SERVE_ARGS = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "2048"]
+MAX_TOKENS = 8
+BAD_EVERY = 4  # every fourth scheduled request is a bad one
+COLOURS = {"text": (31, 119, 180), "mm": (44, 160, 44), "grounding": (255, 127, 14), "bad": (214, 39, 40)}
+
+
+@dataclass
+class Server:
+    base: str  # http://127.0.0.1:PORT
+    model: str  # the served model name (the path it was started with)
+    pid: int | None  # API server process; its children are the engine
+    log: str | None = None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: float = 1, timeout_s: float = 600):
+    """`iaa-vllm serve MODEL` on a free loopback port until /health answers; stopped on exit."""
+    port = _free_port()
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_space_gib)}
+    command = [sys.executable, "-m", "iaa_vllm.cli", "serve", model, *SERVE_ARGS, *extra_args,
+               "--host", "127.0.0.1", "--port", str(port)]
+    log = tempfile.NamedTemporaryFile("w+b", prefix="iaa-serve-", suffix=".log", delete=False)
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    server = Server(f"http://127.0.0.1:{port}", model, process.pid, log.name)
+    try:
+        deadline = time.time() + timeout_s
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"iaa-vllm serve exited during start-up; log: {log.name}")
+            if time.time() > deadline:
+                raise TimeoutError(f"iaa-vllm serve not healthy after {timeout_s} s; log: {log.name}")
+            try:
+                urllib.request.urlopen(f"{server.base}/health", timeout=5)
+                break
+            except OSError:
+                time.sleep(2)
+        yield server
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def server_rss(pid: int) -> int:
+    """Resident bytes of the server process and all its children (engine core, worker)."""
+    root = psutil.Process(pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            total += process.memory_info().rss
+    return total
+
+
+def server_memory(pid: int) -> dict[str, float]:
+    """RSS in MiB of each process of the server (by name) and their total."""
+    root = psutil.Process(pid)
+    by_name = {}
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            name = process.name() if process is not root else "api_server"
+            by_name[name] = by_name.get(name, 0.0) + process.memory_info().rss / 2**20
+    return {**by_name, "total": sum(by_name.values())}
+
+
+def post(base: str, body: dict, path: str = "/v1/chat/completions", timeout: float = 600) -> tuple[int, dict]:
+    """(HTTP status, JSON body); error statuses are returned, not raised."""
+    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        raw = error.read()
+        try:
+            return error.code, json.loads(raw)
+        except ValueError:
+            return error.code, {"raw": raw.decode(errors="replace")}
+
+
+# ---- the workload ---------------------------------------------------------------------------
+
+def encode(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def decompression_bomb(side: int = 40000) -> bytes:
+    """A ~1 KB PNG whose header declares side x side RGB pixels (4.8 GB at 40000)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    rows = zlib.compress((b"\x00" * (1 + 3 * side)) * 8, 9)  # a few rows; the header is the bomb
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+
+
+def chat_body(model: str, text: str, image_url: str | None = None, workflow: str | None = None,
+              **options) -> dict:
+    content = text if image_url is None else [
+        {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": text}]
+    body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0,
+            "messages": [{"role": "user", "content": content}], **options}
+    if workflow:
+        body["vllm_xargs"] = {"iaa_workflow": workflow}
+    return body
+
+
+def workload(model: str) -> tuple[dict[str, dict], dict[str, dict]]:
+    """(good, bad) request bodies by name; mm and grounding share images (one encoder entry)."""
+    from iaa_vllm import grounding
+
+    wide, tall = (encode(png_bytes(noise_image(w, h, seed))) for w, h, seed in ((300, 200, 1), (180, 260, 2)))
+    good = {
+        "text/colours": chat_body(model, "Name three colours.", workflow="text"),
+        "text/story": chat_body(model, "Tell me a short story about a lighthouse."),
+        "mm/wide": chat_body(model, "What is in this image?", wide, "mm"),
+        "mm/tall": chat_body(model, "Describe the picture.", tall),
+        "grounding/wide": chat_body(model, grounding.question("the left half"), wide, "grounding"),
+        "grounding/tall": chat_body(model, grounding.question("the top object"), tall, "grounding"),
+    }
+    bad = {
+        "bad/base64": chat_body(model, "What is this?", "data:image/png;base64,!!!not base64!!!"),
+        "bad/not-an-image": chat_body(model, "What is this?", encode(b"plain text, not an image " * 8)),
+        "bad/bomb": chat_body(model, "What is this?", encode(decompression_bomb())),
+        "bad/workflow": chat_body(model, "hi", workflow="ocr"),
+        "bad/text-with-image": chat_body(model, "What is this?", wide, "text"),
+        "bad/too-long": chat_body(model, "hello " * 1600, wide),
+    }
+    return good, bad
+
+
+def schedule(good: dict, bad: dict, clients: int, per_client: int) -> list[list[str]]:
+    """Request names per client: goods round-robin, every BAD_EVERY-th slot a bad one."""
+    good_names, bad_names = list(good), list(bad)
+    plan, g, b = [], 0, 0
+    for slot in range(clients * per_client):
+        if slot % BAD_EVERY == BAD_EVERY - 1:
+            plan.append(bad_names[b % len(bad_names)])
+            b += 1
+        else:
+            plan.append(good_names[g % len(good_names)])
+            g += 1
+    return [plan[c::clients] for c in range(clients)]  # neighbours in time go to different clients
+
+
+# ---- the run ---------------------------------------------------------------------------------
+
+def _answer(reply: dict) -> str | None:
+    choices = reply.get("choices") or [{}]
+    return (choices[0].get("message") or {}).get("content")
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def _round(server: Server, bodies: dict, plans: list[list[str]], round_index: int, t0: float) -> list[dict]:
+    """All clients start together; each sends its plan's requests one after another."""
+    barrier = threading.Barrier(len(plans))
+
+    def client(plan: list[str]) -> list[dict]:
+        barrier.wait()
+        records = []
+        for name in plan:
+            start = time.perf_counter()
+            status, reply = post(server.base, bodies[name])
+            end = time.perf_counter()
+            records.append({"round": round_index, "name": name, "status": status,
+                            "start_s": start - t0, "latency_s": end - start,
+                            "answer": _answer(reply) if status == 200 else None,
+                            "error": (reply.get("error") or {}).get("message") if status != 200 else None})
+        return records
+
+    with ThreadPoolExecutor(len(plans)) as pool:
+        return [r for rs in pool.map(client, plans) for r in rs]
+
+
+def run_load(server: Server, clients: int, per_client: int, rounds: int = 1) -> dict:
+    """Solo answers first, then `rounds` rounds of concurrent load; memory after each."""
+    good, bad = workload(server.model)
+    bodies = {**good, **bad}
+    solo = {}
+    for name, body in good.items():
+        status, reply = post(server.base, body)
+        if status != 200:
+            raise RuntimeError(f"solo run of {name} failed: {status} {reply}")
+        solo[name] = _answer(reply)
+    memory = [server_memory(server.pid)] if server.pid else []
+    plans = schedule(good, bad, clients, per_client)
+    records, wall_s, t0 = [], 0.0, time.perf_counter()
+    for round_index in range(rounds):
+        start = time.perf_counter()
+        records += _round(server, bodies, plans, round_index, t0)  # start_s counts from the first round
+        wall_s += time.perf_counter() - start
+        if server.pid:
+            memory.append(server_memory(server.pid))
+    summary = summarise(records, solo, set(bad), wall_s, clients, per_client)
+    summary["rounds"] = rounds
+    summary["server_rss_mib"] = {"before": memory[0]["total"] if memory else None,
+                                 "after": memory[-1]["total"] if memory else None,
+                                 "after_each_round": [m["total"] for m in memory[1:]],
+                                 "by_process": memory}
+    return summary
+
+
+def summarise(records, solo, bad_names, wall_s, clients, per_client) -> dict:
+    goods = [r for r in records if r["name"] not in bad_names]
+    bads = [r for r in records if r["name"] in bad_names]
+    latencies = [r["latency_s"] for r in goods]
+    by_kind = {}
+    for r in goods:
+        by_kind.setdefault(r["name"].split("/")[0], []).append(r["latency_s"])
+    return {
+        "clients": clients, "requests_per_client": per_client, "requests": len(records),
+        "good_requests": len(goods), "bad_requests": len(bads),
+        "server_errors_5xx": sum(r["status"] >= 500 for r in records),
+        "good_not_200": [r for r in goods if r["status"] != 200],
+        "bad_not_4xx": [r for r in bads if not 400 <= r["status"] < 500],
+        "mismatches": [{**r, "solo": solo[r["name"]]} for r in goods
+                       if r["status"] == 200 and r["answer"] != solo[r["name"]]],
+        "bad_statuses": {name: sorted({r["status"] for r in bads if r["name"] == name})
+                         for name in sorted(bad_names)},
+        "wall_s": wall_s, "good_per_s": len(goods) / wall_s,
+        "latency_good_s": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                           "max": max(latencies, default=float("nan"))},
+        "latency_by_workflow_s": {k: {"p50": percentile(v, 50), "p99": percentile(v, 99)} for k, v in by_kind.items()},
+        "latency_bad_s": {"p50": percentile([r["latency_s"] for r in bads], 50),
+                          "p99": percentile([r["latency_s"] for r in bads], 99)},
+        "records": records,
+    }
+
+
+def passed(summary: dict) -> bool:
+    return not (summary["server_errors_5xx"] or summary["good_not_200"] or summary["bad_not_4xx"]
+                or summary["mismatches"])
+
+
+def plot(summary: dict, path: str, size: tuple[int, int] = (900, 500)) -> None:
+    """Latency of every request against its start time, one colour per workflow (bad in red)."""
+    width, height = size
+    left, right, top, bottom = 70, 20, 40, 50
+    image = Image.new("RGB", size, "white")
+    pen = ImageDraw.Draw(image)
+    records = summary["records"]
+    x_max = max(r["start_s"] + r["latency_s"] for r in records) or 1.0
+    y_max = max(r["latency_s"] for r in records) * 1.05 or 1.0
+    pen.rectangle([left, top, width - right, height - bottom], outline="black")
+    for i in range(6):  # axis ticks
+        x = left + i * (width - left - right) / 5
+        y = height - bottom - i * (height - top - bottom) / 5
+        pen.text((x - 10, height - bottom + 6), f"{i * x_max / 5:.1f}", fill="black")
+        pen.text((8, y - 6), f"{i * y_max / 5:.2f}", fill="black")
+    pen.text((width // 2 - 60, height - 22), "request start (s)", fill="black")
+    pen.text((8, 12), f"latency (s) - {summary['requests']} requests, {summary['clients']} clients, "
+                      f"5xx: {summary['server_errors_5xx']}, mismatches: {len(summary['mismatches'])}", fill="black")
+    for r in records:
+        kind = "bad" if r["name"].startswith("bad/") else r["name"].split("/")[0]
+        x = left + r["start_s"] / x_max * (width - left - right)
+        y = height - bottom - r["latency_s"] / y_max * (height - top - bottom)
+        pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLOURS[kind])
+    for i, (kind, colour) in enumerate(COLOURS.items()):
+        pen.rectangle([width - 120, top + 10 + 16 * i, width - 110, top + 20 + 16 * i], fill=colour)
+        pen.text((width - 104, top + 9 + 16 * i), kind, fill="black")
+    image.save(path, format="PNG")
+
+
+def write_results(summary: dict, name: str = "load") -> tuple[str, str]:
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    json_path, png_path = (os.path.join(RESULTS_DIR, f"{name}.{ext}") for ext in ("json", "png"))
+    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+               "memory_gib": psutil.virtual_memory().total / 2**30}
+    with open(json_path, "w") as f:
+        json.dump({**summary, "machine": machine, "passed": passed(summary)}, f, indent=1)
+    plot(summary, png_path)
+    return json_path, png_path
+
+
+def _cpu_name() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="checkpoints/tiny", help="checkpoint to serve (ignored with --base-url)")
+    parser.add_argument("--base-url", help="use a running server (http://HOST:PORT) instead of starting one")
+    parser.add_argument("--pid", type=int, help="with --base-url: the server's pid, for its memory")
+    parser.add_argument("--served-model", help="with --base-url: the model name (default: from /v1/models)")
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--requests-per-client", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3, help="load rounds; memory is read after each")
+    args = parser.parse_args(argv)
+
+    if args.base_url:
+        model = args.served_model or json.load(urllib.request.urlopen(f"{args.base_url}/v1/models"))["data"][0]["id"]
+        context = contextlib.nullcontext(Server(args.base_url.rstrip("/"), model, args.pid))
+    else:
+        context = serve(args.model)
+    with context as server:
+        summary = run_load(server, args.clients, args.requests_per_client, args.rounds)
+    json_path, png_path = write_results(summary)
+    rss = summary["server_rss_mib"]
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("records", "bad_statuses")}, indent=1))
+    print(f"server RSS MiB before: {rss['before']:.0f}, after each round: "
+          + ", ".join(f"{m:.0f}" for m in rss["after_each_round"]))
+    print(f"wrote {json_path} and {png_path}; passed: {passed(summary)}")
+    return 0 if passed(summary) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
