@@ -15,6 +15,14 @@ vLLM has rendered a request, so a bad request fails alone, as a `WorkflowError`
 
 vLLM has no per-request hook that sees both the prompt and the sampling params,
 so this wraps `InputProcessor.process_inputs` (see `install`).
+
+Images are admitted one step earlier, when the server decodes an `image_url`:
+Pillow refuses an image declaring more than `2 * PIL.Image.MAX_IMAGE_PIXELS`
+pixels from its header alone, but raises `DecompressionBombError`, which vLLM
+0.32 does not catch, so the server answered 500. `install` turns it into the
+ValueError (HTTP 400) vLLM gives for every other undecodable image, and names
+bad base64 in a data URL as such (vLLM passes on binascii's bare "Non-base64
+digit found").
 """
 
 from __future__ import annotations
@@ -44,14 +52,54 @@ def admit(request, image_token: int) -> None:
         request.cache_salt = f"{SALT_PREFIX}{workflow}:{request.cache_salt or ''}"
 
 
+def _reject_bombs(load_bytes):
+    """Wrap `ImageMediaIO.load_bytes`: a decompression bomb is a bad image, not a crash."""
+    from PIL import Image
+
+    @functools.wraps(load_bytes)
+    def guarded(self, data: bytes):
+        try:
+            return load_bytes(self, data)
+        except Image.DecompressionBombError as error:  # raised before any pixel is decoded
+            raise ValueError(f"Failed to load image: {error}") from None
+
+    guarded._iaa_admission = True
+    return guarded
+
+
+def _name_bad_base64(load_base64):
+    """Wrap `ImageMediaIO.load_base64`: say which part of the request was malformed."""
+    import binascii
+
+    @functools.wraps(load_base64)
+    def guarded(self, media_type: str, data: str):
+        try:
+            return load_base64(self, media_type, data)
+        except binascii.Error as error:
+            raise ValueError(f"Failed to load image: the data URL is not valid base64 ({error})") from None
+
+    guarded._iaa_admission = True
+    return guarded
+
+
 def _is_iaa(input_processor) -> bool:
     hf_config = input_processor.model_config.hf_config
     return getattr(hf_config, "model_type", None) == MODEL_TYPE
 
 
 def install() -> None:
-    """Wrap `InputProcessor.process_inputs` once per process (idempotent)."""
+    """Wrap `InputProcessor.process_inputs` and `ImageMediaIO`'s loaders once per process.
+
+    Idempotent. The image wrappers apply to every model in the process (a media
+    loader does not know the model); they only change error messages and a 500
+    into a 400.
+    """
+    from vllm.multimodal.media.image import ImageMediaIO
     from vllm.v1.engine.input_processor import InputProcessor
+
+    if not getattr(ImageMediaIO.load_bytes, "_iaa_admission", False):
+        ImageMediaIO.load_bytes = _reject_bombs(ImageMediaIO.load_bytes)
+        ImageMediaIO.load_base64 = _name_bad_base64(ImageMediaIO.load_base64)
 
     original = InputProcessor.process_inputs
     if getattr(original, "_iaa_admission", False):
