@@ -86,6 +86,12 @@ def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: float = 1,
             except OSError:
                 time.sleep(2)
         yield server
+    except BaseException:
+        log.close()  # kept: its path is in the error
+        raise
+    else:
+        log.close()
+        os.unlink(log.name)
     finally:
         process.terminate()
         try:
@@ -93,7 +99,6 @@ def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: float = 1,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-        log.close()
 
 
 def server_rss(pid: int) -> int:
@@ -368,8 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     json_path, png_path = write_results(summary)
     rss = summary["server_rss_mib"]
     print(json.dumps({k: v for k, v in summary.items() if k not in ("records", "bad_statuses")}, indent=1))
-    print(f"server RSS MiB before: {rss['before']:.0f}, after each round: "
-          + ", ".join(f"{m:.0f}" for m in rss["after_each_round"]))
+    if rss["before"] is not None:  # known only with the server's pid
+        print(f"server RSS MiB before: {rss['before']:.0f}, after each round: "
+              + ", ".join(f"{m:.0f}" for m in rss["after_each_round"]))
     print(f"wrote {json_path} and {png_path}; passed: {passed(summary)}")
     return 0 if passed(summary) else 1
 
