@@ -85,12 +85,23 @@ def _add_serve(subparsers) -> None:
     p.set_defaults(func=_cmd_serve)
 
 
+def _add_eval(subparsers) -> None:
+    from iaa_vllm.eval import command
+
+    p = subparsers.add_parser(
+        "eval", help="offline batched evaluation: MME, RefCOCO (resumable; Ray with --ray)",
+        description="Evaluate an IAA checkpoint on MME or RefCOCO with the official scoring.",
+    )
+    command.add_arguments(p.add_subparsers(dest="benchmark", required=True, metavar="BENCHMARK"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="iaa-vllm", description="Tools for serving IAA with vLLM.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_init(subparsers)
     _add_demo(subparsers)
     _add_serve(subparsers)
+    _add_eval(subparsers)
     return parser
 
 

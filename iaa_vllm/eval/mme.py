@@ -154,9 +154,12 @@ def _clean(text: str) -> str:
 def write_results(results_dir: str, questions: list[Question], answers: dict[str, dict]) -> list[str]:
     """The official result files: `<category>.txt`, lines `image<TAB>question<TAB>gt<TAB>prediction`.
 
-    Dataset order, answered questions only. Returns the files written.
+    Dataset order, answered questions only. Returns the files written; earlier
+    `.txt` files in `results_dir` are removed, so the folder scores this run alone.
     """
     os.makedirs(results_dir, exist_ok=True)
+    for stale in (f for f in os.listdir(results_dir) if f.endswith(".txt")):
+        os.remove(os.path.join(results_dir, stale))
     lines: dict[str, list[str]] = {}
     for q in questions:
         if q.id in answers:
