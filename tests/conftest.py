@@ -85,3 +85,20 @@ def iaa_server(tiny_dir):
         return
     with serve(tiny_dir, timeout_s=900) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def api(iaa_server):
+    """An OpenAI client on the shared server."""
+    from openai import OpenAI
+
+    return OpenAI(base_url=f"{iaa_server.base}/v1", api_key="EMPTY")
+
+
+def chat_answer(server, body: dict) -> str:
+    """The text of a chat completion that must succeed (a raw HTTP request, no client)."""
+    from benchmarks.load import post
+
+    status, reply = post(server.base, body)
+    assert status == 200, reply
+    return reply["choices"][0]["message"]["content"]

@@ -15,7 +15,7 @@ import urllib.request
 import pytest
 
 from benchmarks.load import chat_body, encode, noise_image, png_bytes, post
-from tests.conftest import reference_prompt_ids
+from tests.conftest import chat_answer, reference_prompt_ids
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +25,6 @@ def _get(url: str) -> tuple[int, str]:
         return response.status, response.read().decode()
 
 
-def _answer(server, body: dict) -> str:
-    status, reply = post(server.base, body)
-    assert status == 200, reply
-    return reply["choices"][0]["message"]["content"]
-
-
-@pytest.fixture(scope="module")
-def api(iaa_server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{iaa_server.base}/v1", api_key="EMPTY")
 
 
 def test_health_and_models(iaa_server):
@@ -58,7 +47,7 @@ def test_metrics_count_requests_and_tokens(iaa_server):
     status, before = _get(f"{iaa_server.base}/metrics")
     assert status == 200
     body = chat_body(iaa_server.model, "What is this?", encode(png_bytes(noise_image(64, 48, 5))), "grounding")
-    _answer(iaa_server, body)
+    chat_answer(iaa_server, body)
     for _ in range(50):  # stats are logged just after the response is sent
         after = _get(f"{iaa_server.base}/metrics")[1]
         if _metric(after, "vllm:request_success_total") > _metric(before, "vllm:request_success_total"):
@@ -75,7 +64,7 @@ def test_streaming_gives_the_same_answer_as_one_response(iaa_server, api):
     url = encode(png_bytes(noise_image(300, 200, 1)))
     for workflow in ("text", "mm", "grounding"):
         body = chat_body(iaa_server.model, "What is this?", None if workflow == "text" else url, workflow)
-        whole = _answer(iaa_server, body)
+        whole = chat_answer(iaa_server, body)
         chunks = list(api.chat.completions.create(
             model=body["model"], messages=body["messages"], max_tokens=body["max_tokens"], temperature=0,
             stream=True, stream_options={"include_usage": True}, extra_body={"vllm_xargs": body["vllm_xargs"]}))
@@ -124,8 +113,8 @@ def image_host():
 
 def test_http_image_url_equals_the_data_url(iaa_server, image_host):
     for workflow in ("mm", "grounding"):
-        by_url = _answer(iaa_server, chat_body(iaa_server.model, "What is this?", f"{image_host}/cat.png", workflow))
-        inline = _answer(iaa_server, chat_body(iaa_server.model, "What is this?", encode(_OneImage.png), workflow))
+        by_url = chat_answer(iaa_server, chat_body(iaa_server.model, "What is this?", f"{image_host}/cat.png", workflow))
+        inline = chat_answer(iaa_server, chat_body(iaa_server.model, "What is this?", encode(_OneImage.png), workflow))
         assert by_url == inline, workflow
 
 

@@ -9,8 +9,9 @@ import os
 import pytest
 from PIL import Image
 
-from benchmarks.load import chat_body, encode, noise_image, png_bytes, post
+from benchmarks.load import chat_body, encode, noise_image, png_bytes
 from iaa_vllm import client, grounding
+from tests.conftest import chat_answer
 
 pytestmark = pytest.mark.slow
 
@@ -22,19 +23,6 @@ def _example(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _raw_answer(server, body: dict) -> str:
-    status, reply = post(server.base, body)
-    assert status == 200, reply
-    return reply["choices"][0]["message"]["content"]
-
-
-@pytest.fixture(scope="module")
-def api(iaa_server):
-    from openai import OpenAI
-
-    return OpenAI(base_url=f"{iaa_server.base}/v1", api_key="EMPTY")
 
 
 def test_data_url_keeps_file_bytes_and_encodes_pil_as_png(tmp_path):
@@ -50,9 +38,9 @@ def test_data_url_keeps_file_bytes_and_encodes_pil_as_png(tmp_path):
 def test_chat_matches_a_raw_request(iaa_server, api):
     image = noise_image(300, 200, 1)
     assert client.served_model(api) == iaa_server.model
-    raw = _raw_answer(iaa_server, chat_body(iaa_server.model, "What is this?", encode(png_bytes(image))))
+    raw = chat_answer(iaa_server, chat_body(iaa_server.model, "What is this?", encode(png_bytes(image))))
     assert client.chat(api, "What is this?", image, max_tokens=8) == raw  # default: mm
-    text = _raw_answer(iaa_server, chat_body(iaa_server.model, "Name three colours.", workflow="text"))
+    text = chat_answer(iaa_server, chat_body(iaa_server.model, "Name three colours.", workflow="text"))
     assert client.chat(api, "Name three colours.", max_tokens=8) == text
 
 
@@ -62,7 +50,7 @@ def test_ground_returns_the_answer_and_its_pixel_boxes(iaa_server, api, tmp_path
     image.save(tmp_path / "img.png")
     body = chat_body(iaa_server.model, grounding.question("the left half"), encode(png_bytes(image)),
                      "grounding", max_tokens=24)
-    raw = _raw_answer(iaa_server, body)
+    raw = chat_answer(iaa_server, body)
     for given in (image, tmp_path / "img.png"):
         result = client.ground(api, given, "the left half", max_tokens=24)
         assert result.answer == raw
@@ -77,7 +65,7 @@ def test_openai_client_example_runs_the_three_workflows(iaa_server, capsys):
     for workflow, text, url in (("text", "Name three colours.", None),
                                 ("mm", "What is in this image?", encode(png_bytes(image))),
                                 ("grounding", grounding.question("the whole picture"), encode(png_bytes(image)))):
-        assert answers[workflow] == _raw_answer(iaa_server, chat_body(iaa_server.model, text, url, workflow))
+        assert answers[workflow] == chat_answer(iaa_server, chat_body(iaa_server.model, text, url, workflow))
     assert "[grounding]" in capsys.readouterr().out
 
 
