@@ -1,0 +1,187 @@
+"""Ray Serve LLM replicas (examples/ray_serve.py): one engine's answers, both replicas used, clean exit.
+
+One `iaa-vllm serve` engine answers a burst of mixed-workflow chat requests first
+and is stopped; then the example starts two Ray Serve LLM replicas (its config's
+autoscaling bounds, 1 to 2 replicas, 2 initially) and gets the same burst at once.
+Never more than two engines run at a time.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+from tests.conftest import make_image
+
+MODEL_ID = "iaa-tiny"  # examples/ray_serve.yaml's model_id
+EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "ray_serve.py")
+START_TIMEOUT_S = 600  # engine start is ~1 min idle, several on a loaded 2-core machine
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _image_url(seed: int) -> str:
+    buffer = io.BytesIO()
+    make_image(300, 200, seed).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _burst() -> list[dict]:
+    """Twelve chat bodies: four per workflow, two images, distinct questions."""
+    bodies = []
+    for i in range(4):
+        image = [{"type": "image_url", "image_url": {"url": _image_url(1 + i % 2)}},
+                 {"type": "text", "text": f"Question {i}: what is in this picture?"}]
+        for workflow, content in (("text", f"Question {i}: name a colour."), ("mm", image), ("grounding", image)):
+            bodies.append({"model": MODEL_ID, "max_tokens": 8, "temperature": 0,
+                           "messages": [{"role": "user", "content": content}],
+                           "vllm_xargs": {"iaa_workflow": workflow}})
+    return bodies
+
+
+def _post(base: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{base}/v1/chat/completions", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def _send_burst(base: str) -> list[tuple]:
+    """All requests at once; per request (content, completion tokens, finish reason)."""
+    bodies = _burst()
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(lambda body: _post(base, body), bodies))
+    answers = []
+    for body, (status, reply) in zip(bodies, replies):
+        assert status == 200, (body["vllm_xargs"], reply)
+        choice = reply["choices"][0]
+        answers.append((choice["message"]["content"], reply["usage"]["completion_tokens"], choice["finish_reason"]))
+    return answers
+
+
+def _wait_until(predicate, process: subprocess.Popen, what: str, log_path: str) -> None:
+    deadline = time.time() + START_TIMEOUT_S
+    while not predicate():
+        if process.poll() is not None:
+            with open(log_path) as f:
+                tail = f.read()[-3000:]
+            pytest.fail(f"{what} exited with {process.returncode} during start-up:\n{tail}")
+        assert time.time() < deadline, f"{what} not ready after {START_TIMEOUT_S} s"
+        time.sleep(2)
+
+
+def _healthy(base: str) -> bool:
+    try:
+        urllib.request.urlopen(f"{base}/health", timeout=5)
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def single_engine_answers(tiny_dir, tmp_path_factory):
+    """The burst's answers from one plain vLLM OpenAI server (no Ray)."""
+    port = _free_port()
+    log_path = str(tmp_path_factory.mktemp("single") / "server.log")
+    command = [sys.executable, "-m", "iaa_vllm.cli", "serve", tiny_dir, "--served-model-name", MODEL_ID,
+               "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
+               "--host", "127.0.0.1", "--port", str(port)]
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until(lambda: _healthy(base), process, "iaa-vllm serve", log_path)
+        return _send_burst(base)
+    finally:
+        process.terminate()
+        process.wait(timeout=120)
+
+
+def _finished_per_replica(metrics_url: str) -> dict[str, float]:
+    """Requests each replica's vLLM engine finished, from Ray's Prometheus endpoint."""
+    with urllib.request.urlopen(metrics_url, timeout=30) as response:
+        text = response.read().decode()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("ray_vllm_request_success_total{"):
+            replica = re.search(r'ReplicaId="([^"]+)"', line).group(1)
+            counts[replica] = counts.get(replica, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def _wait_for_counts(metrics_url: str, total: int) -> dict[str, float]:
+    """Ray exports metrics every few seconds: wait until they add up to `total`."""
+    deadline = time.time() + 90
+    while sum((counts := _finished_per_replica(metrics_url)).values()) < total and time.time() < deadline:
+        time.sleep(3)
+    return counts
+
+
+@pytest.mark.slow
+def test_two_replicas_answer_like_one_engine_and_shut_down_cleanly(tiny_dir, single_engine_answers, tmp_path):
+    port = _free_port()
+    log_path = str(tmp_path / "ray_serve.log")
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, EXAMPLE, "--model", tiny_dir, "--port", str(port),
+                                    "--num-cpus", "2"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        def read_log() -> str:
+            with open(log_path) as f:
+                return f.read()
+
+        _wait_until(lambda: "serving on" in read_log(), process, "examples/ray_serve.py", log_path)
+        metrics_url = re.search(r"metrics: (\S+)", read_log()).group(1)
+        base = f"http://127.0.0.1:{port}"
+
+        answers = _send_burst(base)
+        assert answers == single_engine_answers
+        assert len({answers[0], answers[1], answers[2]}) == 3  # text, mm, grounding differ
+
+        # Both engines served part of the burst, and between them all of it.
+        counts = _wait_for_counts(metrics_url, len(answers))
+        assert len(counts) == 2 and all(counts.values()) and sum(counts.values()) == len(answers), counts
+
+        # The plugin's request admission runs in the replicas too.
+        status, reply = _post(base, {**_burst()[0], "vllm_xargs": {"iaa_workflow": "ocr"}})
+        assert status == 400 and "valid: ['text', 'mm', 'grounding']" in reply["error"]["message"], reply
+
+        tree = psutil.Process(process.pid).children(recursive=True)
+        engines = [p for p in tree if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+        assert len(engines) == 2, [p.name() for p in tree]
+    finally:
+        tree = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=180)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise
+    assert process.returncode == 0 and "shut down" in read_log(), read_log()[-3000:]
+    deadline = time.time() + 60
+    while (alive := [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.time() < deadline:
+        time.sleep(1)
+    assert not alive, [f"{p.pid} {p.name()}" for p in alive]
