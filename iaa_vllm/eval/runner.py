@@ -98,6 +98,8 @@ def run_local(llm, items: list[Item], store: AnswerStore, workflow: str, max_tok
             except (OSError, ValueError) as e:  # bad image, or a request vLLM refuses
                 _report_skip(stats, item.id, f"{type(e).__name__}: {e}")
                 bar.update(1)
+        if not in_flight:  # every remaining item was skipped; step() would wait forever
+            break
         for output in engine.step():
             if output.finished:
                 completion = output.outputs[0]
@@ -174,7 +176,11 @@ def run_ray(model: str, engine_kwargs: dict, items: list[Item], store: AnswerSto
         if not ray.is_initialized():
             _init_ray(address)
         logging.getLogger("ray.data").setLevel(logging.WARNING)  # our bar reports progress
-        ray.data.DataContext.get_current().enable_progress_bars = False
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = False
+        # Start once every replica's engine is up; otherwise the first one ready takes
+        # the early batches while the others are still loading.
+        context.wait_for_min_actors_s = 3600
         env = {k: v for k, v in os.environ.items() if k.startswith("VLLM_")}
         dataset = ray.data.from_items(todo).map_batches(
             _Replica, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
