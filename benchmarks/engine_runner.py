@@ -60,14 +60,20 @@ async def run_one(engine, request: dict, request_id: str) -> dict:
 
 
 async def run_workload(engine, workload: dict) -> dict:
-    requests = workload["requests"]
-    start = time.perf_counter()
-    if workload["mode"] == "sequential":
-        results = [await run_one(engine, r, f"{workload['name']}-{i}") for i, r in enumerate(requests)]
-    else:
-        results = await asyncio.gather(*(run_one(engine, r, f"{workload['name']}-{i}")
-                                         for i, r in enumerate(requests)))
-    return {"wall_s": time.perf_counter() - start, "requests": results}
+    """Run the requests `repeat` times (default 1); report the fastest run and every
+    run's wall time (the fastest is the one least disturbed by other load)."""
+    runs = []
+    for attempt in range(workload.get("repeat", 1)):
+        tag = f"{workload['name']}-{attempt}"
+        start = time.perf_counter()
+        if workload["mode"] == "sequential":
+            results = [await run_one(engine, r, f"{tag}-{i}") for i, r in enumerate(workload["requests"])]
+        else:
+            results = await asyncio.gather(*(run_one(engine, r, f"{tag}-{i}")
+                                             for i, r in enumerate(workload["requests"])))
+        runs.append({"wall_s": time.perf_counter() - start, "requests": results})
+    fastest = min(runs, key=lambda run: run["wall_s"])
+    return {**fastest, "all_wall_s": [run["wall_s"] for run in runs]}
 
 
 async def run(spec: dict) -> dict:
