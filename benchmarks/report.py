@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from typing import Callable
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def gpu_args(doc: str, needs: str, argv: list[str] | None) -> argparse.Namespace | None:
+    """`--out` for a GPU-only benchmark; None (after saying why) without a CUDA device."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", default=RESULTS_DIR, help="where the JSON and PNG go")
+    args = parser.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print(f"needs a CUDA device; {needs}", file=sys.stderr)
+        return None
+    return args
 
 
 def write(out_dir: str, stem: str, report: dict, plot: Callable[[dict, str], None]) -> str:

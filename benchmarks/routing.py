@@ -12,7 +12,6 @@ routing only matters next to them.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -21,7 +20,6 @@ if not __package__:  # run as a script: make `kernels` importable
 
 from benchmarks import report as report_files  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 HIDDEN, INTERMEDIATE, KV = 4096, 14336, 1024  # Llama-3-8B: 32 q heads, 8 kv heads of 128
 SPAN = 577
 # (T tokens in the batch, image spans in it): one request alone up to a full 8K batch.
@@ -120,15 +118,11 @@ def plot(report: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=RESULTS_DIR, help="where the JSON and PNG go")
-    args = parser.parse_args(argv)
+    args = report_files.gpu_args(__doc__, "the kernels' CPU checks are tests/test_kernels_routing.py", argv)
+    if args is None:
+        return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("routing benchmark: needs a CUDA device (the kernels' CPU checks are tests/test_kernels_routing.py)",
-              file=sys.stderr)
-        return 2
     rows = run()
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__,
               "note": "triton.testing.do_bench medians, ms", "rows": rows}

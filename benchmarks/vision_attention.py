@@ -18,7 +18,6 @@ vLLM wheel; a provider that cannot be imported is reported and skipped).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -27,7 +26,6 @@ if not __package__:  # run as a script: make `benchmarks` importable
 
 from benchmarks import report as report_files  # noqa: E402
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKENS, HEADS, HEAD_DIM = 577, 16, 64
 IMAGES = [1, 2, 4, 8, 16, 32, 64]
 SCALE = HEAD_DIM**-0.5
@@ -145,14 +143,11 @@ def plot(report: dict, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default=RESULTS_DIR, help="where the JSON and PNG go")
-    args = parser.parse_args(argv)
+    args = report_files.gpu_args(__doc__, "it times GPU attention kernels", argv)
+    if args is None:
+        return 2
     import torch
 
-    if not torch.cuda.is_available():
-        print("vision attention benchmark: needs a CUDA device", file=sys.stderr)
-        return 2
     rows, missing, op = run()
     report = {"machine": torch.cuda.get_device_name(), "torch": torch.__version__,
               "shape": dict(tokens=TOKENS, heads=HEADS, head_dim=HEAD_DIM, dtype="bfloat16"),
