@@ -115,8 +115,8 @@ def _use_triton(n: int, width: int) -> bool:
     """Shapes where the kernels are the faster path: all measured ones.
 
     H100, bf16, width 4096, 577 to 8078 routed rows of 577- to 8192-token batches
-    (benchmarks/routing.py): gather-add 1.90-2.27x and scatter 1.96-3.08x faster than
-    torch indexing (README "Kernels"). Int32 offsets are not a limit: the kernels
+    (benchmarks/routing.py, two runs): gather-add 1.75-2.29x and scatter 1.96-3.09x
+    faster than torch indexing (README "Kernels"). Int32 offsets are not a limit: the kernels
     index rows in int64.
     """
     return n > 0
