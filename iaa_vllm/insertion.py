@@ -8,7 +8,7 @@ KV instead of 32 + 2N (design.md §3).
 The attention op runs over the whole batch because vLLM's attention metadata
 (slot mapping, query_start_loc) describes every token; text rows feed zeros and
 their output is discarded. Projections, norms and MLP run on the image rows only.
-Rows move in and out through kernels/routing.py (Triton on CUDA, measured 1.9-3.1x
+Rows move in and out through kernels/routing.py (Triton on CUDA, measured 1.75-3.1x
 faster than torch indexing on an H100; torch indexing elsewhere, bit for bit the same).
 """
 
