@@ -42,6 +42,7 @@ if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importa
 
 from benchmarks import report as report_files  # noqa: E402
 from benchmarks import shapes  # noqa: E402
+from iaa_vllm.tokenizer import build_prompt  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_runner.py")
@@ -68,27 +69,18 @@ MODES = {
 }
 
 
-def prompts():
-    from iaa_vllm.tokenizer import build_prompt
-
-    mme = [build_prompt(q + MME_SUFFIX, with_image=True) for q in MME_QUESTIONS]
-    return mme, build_prompt
-
-
 def mme_requests(n: int, workflow: str | None, seed: int = 0) -> list[dict]:
-    mme, _ = prompts()
+    mme = [build_prompt(q + MME_SUFFIX, with_image=True) for q in MME_QUESTIONS]
     return [{"prompt": mme[i % len(mme)], "image": [*MME_SIZES[i % len(MME_SIZES)], seed + i],
              "workflow": workflow, "max_tokens": 3} for i in range(n)]
 
 
 def text_requests(n: int, max_tokens: int, workflow: str | None = "text") -> list[dict]:
-    _, build_prompt = prompts()
     return [{"prompt": build_prompt(TEXT_PROMPT.format(i=i), with_image=False), "image": None,
              "workflow": workflow, "max_tokens": max_tokens} for i in range(n)]
 
 
 def mixed_requests(per_workflow: int, max_tokens: int) -> dict[str, list[dict]]:
-    _, build_prompt = prompts()
     mm = [dict(r, max_tokens=max_tokens) for r in mme_requests(per_workflow, "mm", seed=1000)]
     grounding = [{"prompt": build_prompt(GROUNDING + f"the object number {i} on the left", with_image=True),
                   "image": [*MME_SIZES[i % len(MME_SIZES)], 2000 + i], "workflow": "grounding",

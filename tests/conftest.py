@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.load import noise_image
 from tests import engines
 
 IMAGE_TOKENS = 576  # 336 px / 14 px patches, squared
@@ -41,9 +41,7 @@ def iaa_engine(tiny_dir):
     engines.stop_engine(llm)
 
 
-def make_image(width: int, height: int, seed: int) -> Image.Image:
-    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+make_image = noise_image  # seeded random RGB pixels, shared with the load benchmark
 
 
 @pytest.fixture(scope="session")
