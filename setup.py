@@ -12,9 +12,9 @@ setup(
     # build (vllm) are different distributions. Supported: vLLM 0.26 - 0.33.
     install_requires=["safetensors", "pillow", "tqdm", "llama-models"],
     entry_points={
+        # The only hook every engine loads: it registers the IAA architecture, its
+        # config class and its per-architecture config hook, nothing else.
         "vllm.general_plugins": ["iaa = iaa_vllm:register"],
-        # Per-request workflow routing (routing.py); a no-op for other models.
-        "vllm.logits_processors": ["iaa_workflow_router = iaa_vllm.routing:WorkflowRouter"],
         "console_scripts": ["iaa-vllm = iaa_vllm.cli:main"],
     },
 )

@@ -43,7 +43,7 @@ import psutil
 from PIL import Image, ImageDraw
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SERVE_ARGS = ["--enforce-eager", "--dtype", "float32", "--max-model-len", "2048"]
+SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048"]
 MAX_TOKENS = 8
 BAD_EVERY = 4  # every fourth scheduled request is a bad one
 COLOURS = {"text": (31, 119, 180), "mm": (44, 160, 44), "grounding": (255, 127, 14), "bad": (214, 39, 40)}

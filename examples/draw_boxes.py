@@ -1,6 +1,6 @@
 """Ask a served IAA model where something is, draw the boxes on the image, save a PNG.
 
-    .venv/bin/iaa-vllm serve checkpoints/tiny --enforce-eager --port 8000   # in another shell
+    .venv/bin/iaa-vllm serve checkpoints/tiny --port 8000   # in another shell
     .venv/bin/python examples/draw_boxes.py --image photo.jpg --expression "the dog" --out boxes.png
 
 The `tiny` checkpoint has random weights: it rarely answers with a box, so its PNG

@@ -23,7 +23,7 @@ def main() -> None:
     from iaa_vllm.tokenizer import build_prompt
 
     image = Image.open(args.image).convert("RGB") if args.image else Image.new("RGB", (400, 300), "teal")
-    llm = LLM(model=args.model, enforce_eager=True, max_model_len=2048, gpu_memory_utilization=0.3)
+    llm = LLM(model=args.model, max_model_len=2048, gpu_memory_utilization=0.3)
     requests = {
         "text": {"prompt": build_prompt("Name three colours.", with_image=False)},
         "mm": {"prompt": build_prompt("What is in this image?", with_image=True),

@@ -1,6 +1,6 @@
 """The three IAA workflows through the OpenAI client, against `iaa-vllm serve`.
 
-    .venv/bin/iaa-vllm serve checkpoints/tiny --enforce-eager --port 8000   # in another shell
+    .venv/bin/iaa-vllm serve checkpoints/tiny --port 8000   # in another shell
     .venv/bin/python examples/openai_client.py [--base-url http://127.0.0.1:8000/v1] [--image photo.jpg]
 
 The workflow goes in `extra_body={"vllm_xargs": {"iaa_workflow": ...}}`; the image

@@ -14,8 +14,9 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "iaa_vllm.model:IAALlamaForCausalLM")
 
-    from iaa_vllm.admission import install
+    from iaa_vllm import admission, config_hook
     from iaa_vllm.config import register_config
 
     register_config()
-    install()
+    config_hook.install()
+    admission.install()

@@ -14,7 +14,9 @@ vLLM has rendered a request, so a bad request fails alone, as a `WorkflowError`
   salt, so text prefix caching behaves exactly as for stock Llama.
 
 vLLM has no per-request hook that sees both the prompt and the sampling params,
-so this wraps `InputProcessor.process_inputs` (see `install`).
+so this wraps `InputProcessor.process_inputs` (see `install`). This module holds
+every patch the plugin makes to vLLM; each names the vLLM versions it was
+checked against, and acts on IAA engines only where the patched code can tell.
 
 Images are admitted one step earlier, when the server decodes an `image_url`:
 Pillow refuses an image declaring more than `2 * PIL.Image.MAX_IMAGE_PIXELS`
@@ -90,9 +92,14 @@ def _is_iaa(input_processor) -> bool:
 def install() -> None:
     """Wrap `InputProcessor.process_inputs` and `ImageMediaIO`'s loaders once per process.
 
-    Idempotent. The image wrappers apply to every model in the process (a media
-    loader does not know the model); they only change error messages and a 500
-    into a 400.
+    Idempotent. Checked against vLLM 0.32 (`vllm/v1/engine/input_processor.py`,
+    `vllm/multimodal/media/image.py`).
+    - `process_inputs`: admits requests of IAA engines only (`_is_iaa`); other
+      models' requests pass through untouched.
+    - The image loaders apply to every model in the process: a media loader is
+      built without the model's config, so it cannot tell. They only turn an
+      uncaught Pillow error (a 500) into the 400 vLLM gives every other
+      undecodable image, and name bad base64 as such.
     """
     from vllm.multimodal.media.image import ImageMediaIO
     from vllm.v1.engine.input_processor import InputProcessor

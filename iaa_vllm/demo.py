@@ -60,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     from vllm import LLM, SamplingParams
 
     start = time.perf_counter()
-    llm = LLM(model=args.model, enforce_eager=True, gpu_memory_utilization=0.3,
+    llm = LLM(model=args.model, gpu_memory_utilization=0.3,
               max_model_len=2048, dtype=args.dtype, seed=0)
     engine_s = time.perf_counter() - start
 

@@ -64,8 +64,14 @@ class IAAExpert(nn.Module):
 
 
 class IAAInsertionLayer(nn.Module):
-    def __init__(self, config, cache_config, quant_config, prefix: str):
+    """Runs as the `iaa::insertion_layer` op (frozen.py) after its frozen layer.
+
+    workflows: the model's routing.WorkflowState, whose current step names the rows.
+    """
+
+    def __init__(self, config, cache_config, quant_config, prefix: str, workflows=None):
         super().__init__()
+        self.workflows = workflows
         self.experts = nn.ModuleDict(
             {
                 wf: IAAExpert(config, quant_config, f"{prefix}.experts.{wf}")

@@ -1,26 +1,33 @@
-"""Per-request workflow routing: which rows of a batch are `text`, `mm`, `grounding`.
+"""The one home of a request's workflow: `text`, `mm` or `grounding`.
 
-vLLM hands a model one flat batch of tokens with no per-request fields. The V1
-model runner does, however, tell every logits processor about each request's
-`SamplingParams` and batch slot (`update_state`) before each forward, and the
-forward context's attention metadata has `query_start_loc` (slot -> token
-range). `WorkflowRouter` keeps slot -> workflow; `token_workflows` turns it
-into one workflow id per token inside the forward (design.md §3).
+A request's workflow travels, in one direction, through four stops:
+
+1. Admission (`admission.py`, frontend) resolves it once, with `resolve_workflow`,
+   and writes the name into the request's `extra_args`.
+2. A runner adapter records slot -> workflow in the model's `WorkflowState`:
+   `runner_v1.WorkflowSlots` on the V1 model runner, `runner_v2.IAAModelState`
+   on Model Runner V2. Both read the name admission wrote (`admitted_workflow`).
+3. The forward expands slots to tokens (`WorkflowState.begin_step`): a `Step`
+   holds the rows of each image workflow. The insertion layers and the final
+   norm (`frozen.py`) read it; a step without image rows is `None`.
+4. The forward's output carries each row's workflow id in one extra column
+   (`tag_rows`), so `compute_logits` knows the workflow of whatever rows the
+   runner hands it, sampled or prompt-logprob slices alike (`untag_rows`).
+
+vLLM hands a model one flat batch of tokens: the slot -> token ranges come from
+the batch layout (`query_start_loc`), set by the V2 adapter or read from the
+attention metadata on V1.
 """
 
 from __future__ import annotations
 
-import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
-from vllm.v1.sample.logits_processor import (
-    BatchUpdate,
-    LogitsProcessor,
-    MoveDirectionality,
-)
+from vllm.forward_context import get_forward_context, is_forward_context_available
 
 WORKFLOWS = ("text", "mm", "grounding")
 IMAGE_WORKFLOWS = ("mm", "grounding")
@@ -63,87 +70,117 @@ def resolve_workflow(params: SamplingParams | None, has_image: bool) -> str:
     return name
 
 
-# The router of each engine, found by the model through its vllm_config.
-_ROUTERS: "weakref.WeakValueDictionary[int, WorkflowRouter]" = (
-    weakref.WeakValueDictionary()
-)
-
-
-class WorkflowRouter(LogitsProcessor):
-    """Tracks slot -> (workflow, prompt length); never changes logits.
-
-    Installed for every engine through the `vllm.logits_processors` entry point;
-    for non-IAA models it only keeps a small array up to date.
-    """
-
-    def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        max_reqs = vllm_config.scheduler_config.max_num_seqs
-        self.workflow = np.zeros(max_reqs, dtype=np.int64)
-        self.prompt_len = np.zeros(max_reqs, dtype=np.int64)
-        self.image_token = getattr(
-            vllm_config.model_config.hf_config, "image_token_index", None
-        )
-        _ROUTERS[id(vllm_config)] = self
-
-    @classmethod
-    def validate_params(cls, sampling_params: SamplingParams) -> None:
-        requested_workflow(sampling_params)
-
-    def is_argmax_invariant(self) -> bool:
-        return True
-
-    def apply(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits
-
-    def update_state(self, batch_update: BatchUpdate | None) -> None:
-        if batch_update is None:
-            return
-        for index, params, prompt_ids, _ in batch_update.added:
-            prompt_ids = prompt_ids or []
-            # Admission already wrote the resolved name into extra_args; the
-            # fallback keeps requests that bypassed admission routable.
-            has_image = self.image_token is not None and self.image_token in prompt_ids
-            name = requested_workflow(params) or ("mm" if has_image else "text")
-            self.workflow[index] = WORKFLOWS.index(name)
-            self.prompt_len[index] = len(prompt_ids)
-        for a, b, direction in batch_update.moved:
-            for arr in (self.workflow, self.prompt_len):
-                if direction == MoveDirectionality.SWAP:
-                    arr[[a, b]] = arr[[b, a]]
-                else:
-                    arr[b] = arr[a]
-
-
-def router_for(vllm_config) -> WorkflowRouter:
-    router = _ROUTERS.get(id(vllm_config))
-    if router is None:
+def admitted_workflow(params: SamplingParams | None) -> int:
+    """The workflow id admission resolved for a request reaching the worker."""
+    name = requested_workflow(params)
+    if name is None:
+        # Admission runs in every frontend of an IAA engine (the plugin wraps
+        # vLLM's input processor), so this is a request built around it.
         raise RuntimeError(
-            "IAA needs the iaa_vllm WorkflowRouter logits processor, which was not "
-            "loaded: install iaa_vllm (its `vllm.logits_processors` entry point) and "
-            "use the V1 model runner (VLLM_USE_V2_MODEL_RUNNER=0)"
+            f"request reached the IAA model without {EXTRA_ARGS_KEY} in extra_args; "
+            "IAA requests must go through vLLM's input processor with iaa_vllm installed"
         )
-    return router
+    return WORKFLOWS.index(name)
 
 
-def token_workflows(
-    router: WorkflowRouter, query_start_loc: torch.Tensor, num_tokens: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per-token workflow ids and prompt lengths, or None if the batch is all text.
+@dataclass
+class Step:
+    """The image-workflow rows of one forward; only built when there are some.
 
-    Returns (workflow [num_tokens], prompt_len [num_tokens]) on the CPU; padding
-    tokens past the last request are `text` so they never reach an insertion layer.
+    token_workflow: [T] workflow id per token (padding rows are `text`).
+    rows: image workflow -> its token rows [n_wf], only workflows with rows.
+    image_rows: [T] bool, the image placeholders of image requests' prompts.
     """
-    num_reqs = query_start_loc.numel() - 1
-    slot_workflow = router.workflow[:num_reqs]
-    if not slot_workflow.any():
-        return None  # decided before the copy below: a text batch never syncs with the GPU
-    starts = query_start_loc.cpu()
-    counts = (starts[1:] - starts[:-1]).long()
-    workflow = torch.zeros(num_tokens, dtype=torch.long)
-    prompt_len = torch.zeros(num_tokens, dtype=torch.long)
-    used = int(starts[-1])
-    workflow[:used] = torch.from_numpy(slot_workflow).repeat_interleave(counts)
-    prompt_len[:used] = torch.from_numpy(router.prompt_len[:num_reqs]).repeat_interleave(
-        counts
-    )
-    return workflow, prompt_len
+
+    token_workflow: torch.Tensor
+    rows: dict[str, torch.Tensor]
+    image_rows: torch.Tensor
+
+
+class WorkflowState:
+    """Slot -> workflow and prompt length of the requests in the batch, and the current step.
+
+    Owned by the model; fed by a runner adapter. Slots are the runner's request
+    indices: the persistent batch's rows on V1, request-state rows on V2.
+    """
+
+    def __init__(self, max_slots: int, image_token: int):
+        self.workflow = np.zeros(max_slots, dtype=np.int64)
+        self.prompt_len = np.zeros(max_slots, dtype=np.int64)
+        self.image_token = image_token
+        # Batch layout set by the adapter before a forward (V2): slot of each batch
+        # row and query_start_loc. None: read it from the attention metadata (V1).
+        self._batch: tuple[np.ndarray, np.ndarray] | None = None
+        self.step: Step | None = None
+
+    # ---- fed by the adapters ------------------------------------------------
+    def add(self, slot: int, params: SamplingParams | None, prompt_len: int) -> None:
+        self.workflow[slot] = admitted_workflow(params)
+        self.prompt_len[slot] = prompt_len
+
+    def move(self, src: int, dst: int, swap: bool) -> None:
+        for column in (self.workflow, self.prompt_len):
+            if swap:
+                column[[src, dst]] = column[[dst, src]]
+            else:
+                column[dst] = column[src]
+
+    def set_batch(self, slots: np.ndarray, query_start_loc: np.ndarray) -> None:
+        """The next forward's rows: batch row i is slot slots[i] (empty: no request)."""
+        self._batch = (np.asarray(slots), np.asarray(query_start_loc))
+
+    # ---- read by the forward ------------------------------------------------
+    def begin_step(self, input_ids: torch.Tensor, positions: torch.Tensor) -> Step | None:
+        """Expand slots to tokens for this forward; None when no row is an image workflow.
+
+        input_ids, positions: [T] (T may include padding past the last request).
+        """
+        self.step = None
+        slots, query_start_loc = self._layout()
+        if not len(slots) or not self.workflow[slots].any():
+            return None  # decided before touching query_start_loc: a text step never syncs
+        starts = torch.as_tensor(query_start_loc).cpu()
+        counts = (starts[1:] - starts[:-1]).long()
+        num_tokens, used = positions.shape[-1], int(starts[-1])
+        workflow = torch.zeros(num_tokens, dtype=torch.long)
+        prompt_len = torch.zeros(num_tokens, dtype=torch.long)
+        workflow[:used] = torch.from_numpy(self.workflow[slots]).repeat_interleave(counts)
+        prompt_len[:used] = torch.from_numpy(self.prompt_len[slots]).repeat_interleave(counts)
+        rows = {
+            wf: torch.from_numpy(np.flatnonzero(workflow.numpy() == WORKFLOWS.index(wf))).to(input_ids.device)
+            for wf in IMAGE_WORKFLOWS
+        }
+        workflow, prompt_len = workflow.to(input_ids.device), prompt_len.to(input_ids.device)
+        image_rows = (workflow != TEXT) & (input_ids == self.image_token) & (positions < prompt_len)
+        self.step = Step(workflow, {wf: r for wf, r in rows.items() if r.numel()}, image_rows)
+        return self.step
+
+    def _layout(self):
+        """(slot of each batch row [R], query_start_loc [R + 1])."""
+        if self._batch is not None:
+            return self._batch
+        metadata = get_forward_context().attn_metadata if is_forward_context_available() else None
+        if isinstance(metadata, list):  # micro-batching; refused at config time (config_hook.py)
+            raise NotImplementedError("IAA does not support micro-batching (DBO)")
+        if not metadata:  # profiling and dummy runs carry no requests
+            return np.zeros(0, dtype=np.int64), None
+        query_start_loc = next(iter(metadata.values())).query_start_loc
+        # V1: batch row i is slot i (the persistent batch the logits processor sees).
+        return np.arange(query_start_loc.numel() - 1), query_start_loc
+
+
+def tag_rows(hidden: torch.Tensor, step: Step | None) -> torch.Tensor:
+    """[T, H] -> [T, H + 1]: the last column is each row's workflow id.
+
+    The runner gathers sampled rows and slices prompt-logprob rows out of the
+    forward's output before `compute_logits`; the tag travels with every row.
+    """
+    tag = hidden.new_zeros(hidden.shape[0], 1)
+    if step is not None:
+        tag[:, 0] = step.token_workflow[: hidden.shape[0]].to(hidden.dtype)
+    return torch.cat([hidden, tag], dim=1)
+
+
+def untag_rows(tagged: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n, H + 1] -> (hidden [n, H], contiguous like the stock model's rows; workflow id [n])."""
+    return tagged[:, :-1].contiguous(), tagged[:, -1].long()

@@ -41,6 +41,24 @@ def iaa_engine(tiny_dir):
     engines.stop_engine(llm)
 
 
+@pytest.fixture(scope="session")
+def stock_dir(tiny_dir, tmp_path_factory) -> str:
+    """A stock `LlamaForCausalLM` checkpoint: the frozen weights cut out of the tiny one."""
+    from benchmarks.stock_llama import write_stock_llama
+
+    out = str(tmp_path_factory.mktemp("stock") / "llama")
+    write_stock_llama(tiny_dir, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def stock_engine(stock_dir):
+    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled)."""
+    llm = engines.start_engine(stock_dir)
+    yield llm
+    engines.stop_engine(llm)
+
+
 make_image = noise_image  # seeded random RGB pixels, shared with the load benchmark
 
 

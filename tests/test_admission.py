@@ -9,7 +9,7 @@ from vllm.exceptions import VLLMValidationError
 from iaa_vllm.admission import SALT_PREFIX, admit
 from iaa_vllm.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_ID, build_prompt
 from tests import engines
-from tests.test_model import image_request, text_request
+from tests.engines import image_request, text_request
 
 
 class _Request:

@@ -1,57 +1,24 @@
-"""The IAA model on the real vLLM CPU engine, against stock Llama and the torch reference."""
+"""The IAA model on the real vLLM CPU engine under vLLM's defaults (torch.compile),
+against a stock Llama compiled the same way and the pure-torch reference.
+
+tests/test_model_eager.py repeats the core comparisons with `enforce_eager=True`.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from iaa_vllm.tokenizer import build_prompt
 from tests import engines
-from tests.conftest import reference_prompt_ids
+from tests.engines import (
+    LOGPROB_ATOL,
+    QUESTIONS,
+    assert_matches_reference,
+    image_request,
+    per_step_logprobs,
+    text_request,
+)
 
-# fp32 on both sides, but different kernels (vLLM's fused add+RMSNorm, CPU paged
-# attention, GEMM blocking) reorder sums: the largest gap measured on these cases
-# was 9.5e-7; 1e-3 keeps headroom for other CPUs' kernels and stays far below
-# the gaps between workflows (> 1e-2).
-LOGPROB_ATOL = 1e-3
-QUESTIONS = [
-    "What is in the image?",
-    "Describe the colours you see, one by one, in as much detail as you can manage.",
-    "Is there a cat?",
-]
-
-
-@pytest.fixture(scope="module")
-def stock_engine(tiny_dir, tmp_path_factory):
-    from benchmarks.stock_llama import write_stock_llama
-
-    out = tmp_path_factory.mktemp("stock") / "llama"
-    write_stock_llama(tiny_dir, str(out))
-    llm = engines.start_engine(str(out))
-    yield llm
-    engines.stop_engine(llm)
-
-
-def image_request(question: str, image) -> dict:
-    return {"prompt": build_prompt(question, with_image=True), "multi_modal_data": {"image": image}}
-
-
-def text_request(question: str) -> dict:
-    return {"prompt": build_prompt(question, with_image=False)}
-
-
-def assert_matches_reference(output, reference, tokenizer, request, workflow):
-    expected_prompt = reference_prompt_ids(tokenizer, request["prompt"])
-    assert list(output.prompt_token_ids) == expected_prompt
-    pixels = None
-    if "multi_modal_data" in request:
-        pixels = reference.preprocess(request["multi_modal_data"]["image"])[None]
-    ids, logprobs = engines.tokens_and_logprobs(output)
-    ref_ids, ref_logprobs = reference.generate(
-        expected_prompt, workflow, pixel_values=pixels, max_tokens=len(ids)
-    )
-    assert ids == ref_ids, f"{workflow}: engine {ids} != reference {ref_ids}"
-    assert logprobs == pytest.approx(ref_logprobs, abs=LOGPROB_ATOL)
 
 
 def test_text_is_bit_identical_to_stock_llama(iaa_engine, stock_engine):
@@ -62,9 +29,29 @@ def test_text_is_bit_identical_to_stock_llama(iaa_engine, stock_engine):
     for ours, theirs in zip(iaa, stock):
         assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
         # Bit-identical: every top-5 logprob of every step, compared exactly.
-        ours_lp = [{t: lp.logprob for t, lp in step.items()} for step in ours.outputs[0].logprobs]
-        theirs_lp = [{t: lp.logprob for t, lp in step.items()} for step in theirs.outputs[0].logprobs]
-        assert ours_lp == theirs_lp
+        assert per_step_logprobs(ours) == per_step_logprobs(theirs)
+
+
+def test_text_inside_a_mixed_batch_is_bit_identical_to_stock_llama(iaa_engine, stock_engine, images):
+    """Text rows of a batch that also runs mm and grounding keep the stock bits.
+
+    Like for like: stock Llama gets a batch of the same shape, the image requests'
+    prompts as plain token ids (same lengths, same positions), so only the IAA rows
+    differ between the two engines.
+    """
+    image_requests = [image_request(QUESTIONS[0], images[0]), image_request(QUESTIONS[2], images[1])]
+    text = [text_request(QUESTIONS[1]), {"prompt": "Once upon a time"}]
+    mixed = [text[0], image_requests[0], text[1], image_requests[1]]
+    # ignore_eos: every request decodes every step in both engines, so the batches match.
+    params = [engines.greedy(wf, max_tokens=8, logprobs=5, ignore_eos=True)
+              for wf in ("text", "mm", "text", "grounding")]
+    iaa = iaa_engine.generate(mixed, params)
+    as_tokens = [text[0], {"prompt_token_ids": list(iaa[1].prompt_token_ids)},
+                 text[1], {"prompt_token_ids": list(iaa[3].prompt_token_ids)}]
+    stock = stock_engine.generate(as_tokens, [engines.greedy(None, 8, 5, ignore_eos=True)] * 4)
+    for i in (0, 2):
+        assert iaa[i].outputs[0].token_ids == stock[i].outputs[0].token_ids
+        assert per_step_logprobs(iaa[i]) == per_step_logprobs(stock[i])
 
 
 @pytest.mark.parametrize("workflow", ["mm", "grounding"])
@@ -184,3 +171,19 @@ def test_text_only_batches_run_no_insertion_layer(iaa_engine, images):
     iaa_engine.generate([image_request(QUESTIONS[0], images[0])], engines.greedy("mm", 4))
     # Every step of the image request (1 prefill + 3 decodes) ran every insertion layer.
     assert calls() - start == 4 * 3
+
+
+def _dynamo_counts(model) -> dict:
+    from torch._dynamo.utils import counters
+
+    return {"graph_breaks": sum(counters["graph_break"].values()),
+            "graphs": counters["stats"]["unique_graphs"], "calls": counters["stats"]["calls_captured"]}
+
+
+def test_the_whole_llama_with_iaa_ops_compiles_as_one_graph(iaa_engine):
+    """Dynamo traced LlamaModel's forward, insertion and norm ops inside, with no break."""
+    (counts,) = iaa_engine.apply_model(_dynamo_counts)
+    assert counts["graph_breaks"] == 0
+    assert counts["graphs"] == 1
+    # A graph of the whole model, not of one small op: 4 layers, attention, norms, 3 IAA ops.
+    assert counts["calls"] > 100

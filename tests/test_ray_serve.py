@@ -106,7 +106,7 @@ def single_engine_answers(tiny_dir, tmp_path_factory):
     port = _free_port()
     log_path = str(tmp_path_factory.mktemp("single") / "server.log")
     command = [sys.executable, "-m", "iaa_vllm.cli", "serve", tiny_dir, "--served-model-name", MODEL_ID,
-               "--enforce-eager", "--dtype", "float32", "--max-model-len", "2048",
+               "--dtype", "float32", "--max-model-len", "2048",
                "--host", "127.0.0.1", "--port", str(port)]
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
     with open(log_path, "w") as log:

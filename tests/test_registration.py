@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from importlib.metadata import entry_points
+from importlib.metadata import distribution, entry_points
 
 
 def test_general_plugin_entry_point_registers_the_architecture():
@@ -20,11 +20,23 @@ def test_general_plugin_entry_point_registers_the_architecture():
     assert AutoConfig.for_model("IAA").__class__ is IAAConfig
 
 
-def test_router_entry_point_resolves():
-    from iaa_vllm.routing import WorkflowRouter
+def test_the_plugin_registers_nothing_other_engines_load():
+    """Only `vllm.general_plugins` (registration) and the console script: no logits
+    processor, which vLLM would load into every engine (Model Runner V2 refuses them)."""
+    ours = [(ep.group, ep.name) for ep in distribution("iaa-vllm").entry_points]
+    assert sorted(ours) == [("console_scripts", "iaa-vllm"), ("vllm.general_plugins", "iaa")]
 
-    (router,) = [ep for ep in entry_points(group="vllm.logits_processors") if ep.name == "iaa_workflow_router"]
-    assert router.load() is WorkflowRouter
+
+def test_config_hook_is_registered_for_iaa_only():
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    from iaa_vllm import register
+    from iaa_vllm.config_hook import IAAEngineConfig
+
+    register()
+    ours = {arch for arch, hook in MODELS_CONFIG_MAP.items() if hook.__module__.startswith("iaa_vllm")}
+    assert ours == {"IAALlamaForCausalLM"}
+    assert MODELS_CONFIG_MAP["IAALlamaForCausalLM"] is IAAEngineConfig
 
 
 def test_admission_is_installed_once():

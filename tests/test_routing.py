@@ -1,73 +1,95 @@
-"""Slot -> workflow bookkeeping and slot -> token expansion (no engine needed)."""
+"""The one home of the workflow: resolve, slot state, token expansion, logits rows (no engine)."""
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
+import numpy as np
 import pytest
 import torch
 from vllm import SamplingParams
-from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
 from iaa_vllm import routing
 
 IMG = 128049
 
 
-def make_router(max_reqs: int = 8) -> routing.WorkflowRouter:
-    config = SimpleNamespace(
-        scheduler_config=SimpleNamespace(max_num_seqs=max_reqs),
-        model_config=SimpleNamespace(hf_config=SimpleNamespace(image_token_index=IMG)),
-    )
-    return routing.WorkflowRouter(config, torch.device("cpu"), False)
-
-
 def params(workflow=None) -> SamplingParams:
     return SamplingParams(extra_args={"iaa_workflow": workflow} if workflow else None)
 
 
-def update(router, added=(), removed=(), moved=()):
-    router.update_state(BatchUpdate(len(added), list(removed), list(added), list(moved)))
+def state_with(*slots) -> routing.WorkflowState:
+    """slots: (workflow, prompt length) per slot, as admission and an adapter leave them."""
+    state = routing.WorkflowState(max_slots=8, image_token=IMG)
+    for slot, (workflow, prompt_len) in enumerate(slots):
+        state.add(slot, params(workflow), prompt_len)
+    return state
 
 
-def test_added_requests_get_their_workflow_and_defaults():
-    router = make_router()
-    update(router, added=[
-        (0, params("grounding"), [1, IMG, 2], []),
-        (1, params(), [1, 2, 3, 4], []),       # no image, nothing asked: text
-        (2, params(), [1, IMG, IMG], []),       # image placeholders, nothing asked: mm
-    ])
-    assert router.workflow[:3].tolist() == [routing.GROUNDING, routing.TEXT, routing.MM]
-    assert router.prompt_len[:3].tolist() == [3, 4, 3]
+def test_resolve_defaults_to_mm_with_an_image_and_text_without():
+    assert routing.resolve_workflow(params(), has_image=True) == "mm"
+    assert routing.resolve_workflow(params(), has_image=False) == "text"
+    assert routing.resolve_workflow(params("grounding"), has_image=True) == "grounding"
 
 
-def test_swaps_and_moves_follow_the_requests():
-    router = make_router()
-    update(router, added=[(0, params("mm"), [1], []), (1, params("text"), [1, 2], []),
-                          (2, params("grounding"), [1, 2, 3], [])])
-    update(router, moved=[(0, 2, MoveDirectionality.SWAP)])
-    assert router.workflow[:3].tolist() == [routing.GROUNDING, routing.TEXT, routing.MM]
-    update(router, removed=[1], moved=[(2, 1, MoveDirectionality.UNIDIRECTIONAL)])
-    assert router.workflow[:2].tolist() == [routing.GROUNDING, routing.MM]
-    assert router.prompt_len[:2].tolist() == [3, 1]
+@pytest.mark.parametrize(
+    "workflow, has_image, message",
+    [
+        ("ocr", True, r"valid: \['text', 'mm', 'grounding'\]"),
+        ("text", True, r"cannot take an image; use one of \['mm', 'grounding'\]"),
+        ("mm", False, "needs an image"),
+    ],
+)
+def test_resolve_refuses_with_the_choices(workflow, has_image, message):
+    with pytest.raises(ValueError, match=message):
+        routing.resolve_workflow(params(workflow), has_image)
 
 
-def test_token_workflows_expand_slots_to_tokens_and_pad_as_text():
-    router = make_router()
-    update(router, added=[(0, params("text"), [1, 2], []), (1, params("mm"), [1, IMG], []),
-                          (2, params("grounding"), [1, IMG, 3], [])])
-    query_start_loc = torch.tensor([0, 3, 4, 7])  # prefill of 3, decode of 1, prefill of 3
-    workflow, prompt_len = routing.token_workflows(router, query_start_loc, num_tokens=9)
-    assert workflow.tolist() == [0, 0, 0, 1, 2, 2, 2, 0, 0]
-    assert prompt_len.tolist() == [2, 2, 2, 2, 3, 3, 3, 0, 0]
+def test_the_worker_reads_the_admitted_name_and_never_guesses():
+    assert routing.admitted_workflow(params("grounding")) == routing.GROUNDING
+    with pytest.raises(RuntimeError, match="without iaa_workflow"):
+        routing.admitted_workflow(params())
 
 
-def test_all_text_batch_routes_nothing():
-    router = make_router()
-    update(router, added=[(0, params("text"), [1], []), (1, params(), [1, 2], [])])
-    assert routing.token_workflows(router, torch.tensor([0, 1, 2]), 2) is None
+def test_moves_and_swaps_follow_the_requests():
+    state = state_with(("mm", 1), ("text", 2), ("grounding", 3))
+    state.move(0, 2, swap=True)
+    assert state.workflow[:3].tolist() == [routing.GROUNDING, routing.TEXT, routing.MM]
+    state.move(2, 1, swap=False)
+    assert state.workflow[:2].tolist() == [routing.GROUNDING, routing.MM]
+    assert state.prompt_len[:2].tolist() == [3, 1]
 
 
-def test_unknown_workflow_is_rejected_with_the_choices():
-    with pytest.raises(ValueError, match=r"valid: \['text', 'mm', 'grounding'\]"):
-        routing.WorkflowRouter.validate_params(params("ocr"))
+def test_a_step_expands_slots_to_tokens_and_pads_as_text():
+    # slot 1 text (prefill 3), slot 0 mm (decode 1), slot 2 grounding (prefill 3), then 2 padding rows
+    state = state_with(("mm", 2), ("text", 2), ("grounding", 3))
+    state.set_batch(slots=np.array([1, 0, 2]), query_start_loc=np.array([0, 3, 4, 7]))
+    input_ids = torch.tensor([5, 6, 7, 8, 1, IMG, IMG, 0, 0])
+    positions = torch.tensor([0, 1, 2, 2, 0, 1, 3, 0, 0])  # the last IMG is generated: not a placeholder
+    step = state.begin_step(input_ids, positions)
+    assert step.token_workflow.tolist() == [0, 0, 0, 1, 2, 2, 2, 0, 0]
+    assert {wf: rows.tolist() for wf, rows in step.rows.items()} == {"mm": [3], "grounding": [4, 5, 6]}
+    assert step.image_rows.nonzero().flatten().tolist() == [5]
+    assert state.step is step
+
+
+def test_a_step_without_image_rows_is_none():
+    state = state_with(("text", 1), ("mm", 2))
+    state.set_batch(slots=np.array([0]), query_start_loc=np.array([0, 1]))
+    assert state.begin_step(torch.tensor([3]), torch.tensor([0])) is None
+    state.set_batch(slots=np.zeros(0, dtype=np.int64), query_start_loc=np.zeros(1))  # dummy run
+    assert state.begin_step(torch.tensor([3]), torch.tensor([0])) is None
+    assert state.step is None
+
+
+def test_rows_carry_their_workflow_through_gathers_and_slices():
+    state = state_with(("grounding", 2), ("text", 1))
+    state.set_batch(slots=np.array([0, 1]), query_start_loc=np.array([0, 2, 3]))
+    step = state.begin_step(torch.tensor([1, 2, 3]), torch.tensor([0, 1, 0]))
+    hidden = torch.randn(3, 4)
+    tagged = routing.tag_rows(hidden, step)
+    assert tagged.shape == (3, 5)
+    rows, workflow = routing.untag_rows(tagged[torch.tensor([1, 2])])  # sampling gathers the last rows
+    assert torch.equal(rows, hidden[1:]) and rows.is_contiguous()
+    assert workflow.tolist() == [routing.GROUNDING, routing.TEXT]
+    rows, workflow = routing.untag_rows(tagged[0:2])  # prompt logprobs slice a request's rows
+    assert workflow.tolist() == [routing.GROUNDING, routing.GROUNDING]
+    assert routing.untag_rows(routing.tag_rows(hidden, None))[1].tolist() == [0, 0, 0]

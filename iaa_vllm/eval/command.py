@@ -18,8 +18,7 @@ from iaa_vllm.eval.store import AnswerStore
 
 
 def engine_kwargs(args: argparse.Namespace) -> dict:
-    kwargs = dict(enforce_eager=True,  # the model refuses CUDA graphs (README: serving)
-                  dtype=args.dtype, max_model_len=args.max_model_len, seed=0,
+    kwargs = dict(dtype=args.dtype, max_model_len=args.max_model_len, seed=0,
                   tensor_parallel_size=args.tensor_parallel_size, enable_prefix_caching=True)
     if args.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = args.gpu_memory_utilization

@@ -1,0 +1,68 @@
+"""IAA's engine settings, applied to IAA engines only through vLLM's per-architecture hook.
+
+vLLM calls `MODELS_CONFIG_MAP[architecture].verify_and_update_config` while it
+builds an engine's config, for that architecture alone. IAA uses it to:
+
+- attach the V1 runner adapter (`runner_v1.WorkflowSlots`) as the engine's own
+  logits processor, on the V1 runner only (Model Runner V2 refuses V1-style
+  logits processors; there the model's own `ModelState` feeds the workflows);
+- default to PIECEWISE CUDA graphs when the user chose no mode, and refuse a
+  FULL mode: a full graph would freeze the per-request row choice of one batch;
+- refuse what the layer interleaving cannot serve, before the engine starts.
+
+Checked against vLLM 0.32 (`vllm/model_executor/models/config.py`,
+`VllmConfig.try_verify_and_update_config`).
+"""
+
+from __future__ import annotations
+
+from vllm.config import CUDAGraphMode
+from vllm.model_executor.models.config import VerifyAndUpdateConfig
+
+from iaa_vllm import ARCHITECTURE
+
+WORKFLOW_SLOTS = "iaa_vllm.runner_v1:WorkflowSlots"
+
+
+class IAAEngineConfig(VerifyAndUpdateConfig):
+    @staticmethod
+    def verify_and_update_config(vllm_config) -> None:
+        refuse_unsupported(vllm_config)
+        compilation = vllm_config.compilation_config
+        if compilation.cudagraph_mode is None:
+            compilation.cudagraph_mode = CUDAGraphMode.PIECEWISE
+        if not vllm_config.use_v2_model_runner:
+            model_config = vllm_config.model_config
+            processors = list(model_config.logits_processors or [])
+            if WORKFLOW_SLOTS not in processors:
+                model_config.logits_processors = [*processors, WORKFLOW_SLOTS]
+
+
+def refuse_unsupported(vllm_config) -> None:
+    """Raise ValueError, with the value and what works instead, for set-ups IAA cannot serve."""
+    parallel = vllm_config.parallel_config
+    if parallel.pipeline_parallel_size > 1:
+        raise ValueError(
+            "IAA does not support pipeline parallelism "
+            f"(pipeline_parallel_size={parallel.pipeline_parallel_size}): an insertion layer "
+            "runs right after its frozen layer; use tensor parallelism or replicas"
+        )
+    if getattr(parallel, "enable_dbo", False):
+        raise ValueError(
+            "IAA does not support dual-batch overlap (enable_dbo=True): the insertion "
+            "layers route one batch's rows; start the engine without --enable-dbo"
+        )
+    mode = vllm_config.compilation_config.cudagraph_mode
+    if mode is not None and mode.has_full_cudagraphs() and not vllm_config.model_config.enforce_eager:
+        raise ValueError(
+            f"IAA supports cudagraph_mode PIECEWISE or NONE, not {mode.name}: a full CUDA "
+            "graph would replay one batch's workflow rows for every batch. Use "
+            "-cc.cudagraph_mode=PIECEWISE (the IAA default), or --enforce-eager"
+        )
+
+
+def install() -> None:
+    """Register the hook for IAA's architecture (idempotent; other architectures untouched)."""
+    from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+
+    MODELS_CONFIG_MAP.setdefault(ARCHITECTURE, IAAEngineConfig)
