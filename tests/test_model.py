@@ -173,17 +173,22 @@ def test_text_only_batches_run_no_insertion_layer(iaa_engine, images):
     assert calls() - start == 4 * 3
 
 
-def _dynamo_counts(model) -> dict:
+def _compilation(model) -> dict:
     from torch._dynamo.utils import counters
 
     return {"graph_breaks": sum(counters["graph_break"].values()),
-            "graphs": counters["stats"]["unique_graphs"], "calls": counters["stats"]["calls_captured"]}
+            "llama_compiled": model.model.compiled, "calls": counters["stats"]["calls_captured"]}
 
 
-def test_the_whole_llama_with_iaa_ops_compiles_as_one_graph(iaa_engine):
-    """Dynamo traced LlamaModel's forward, insertion and norm ops inside, with no break."""
-    (counts,) = iaa_engine.apply_model(_dynamo_counts)
-    assert counts["graph_breaks"] == 0
-    assert counts["graphs"] == 1
-    # A graph of the whole model, not of one small op: 4 layers, attention, norms, 3 IAA ops.
-    assert counts["calls"] > 100
+def test_the_llama_forward_with_iaa_ops_compiles_without_a_graph_break(iaa_engine):
+    """Dynamo traced LlamaModel's forward, insertion and norm ops inside, with no break.
+
+    vLLM compiles with fullgraph=True, so a break would have failed the engine; the
+    counter makes it visible. Sampler helpers vLLM compiles add graphs of their own,
+    hence no count of graphs here.
+    """
+    (result,) = iaa_engine.apply_model(_compilation)
+    assert result["graph_breaks"] == 0
+    assert result["llama_compiled"]
+    # The whole model, not a small op: 4 layers, attention, norms, 3 IAA ops.
+    assert result["calls"] > 100
