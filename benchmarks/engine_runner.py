@@ -12,13 +12,19 @@ where a request is {"prompt": str, "image": [width, height, seed] | null,
 from submission, and the output token ids.
 
     python benchmarks/engine_runner.py SPEC.json OUT.json
+
+`run_in_child` is the parent's side: it writes the spec, runs the child and reads
+its report back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 
@@ -86,12 +92,35 @@ async def run(spec: dict) -> dict:
     try:
         cache = engine.vllm_config.cache_config
         report["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
+        # What the platform resolved: on CPU, enforce_eager=False becomes DYNAMO_TRACE_ONCE +
+        # inductor. The backend is only used when the mode is not NONE.
+        compilation = engine.vllm_config.compilation_config
+        report["compilation"] = {"mode": compilation.mode.name, "backend": compilation.backend}
         for i, request in enumerate(spec.get("warmup", [])):
             await run_one(engine, request, f"warmup-{i}")
         report["workloads"] = {w["name"]: await run_workload(engine, w) for w in spec["workloads"]}
     finally:
         engine.shutdown()
     return report
+
+
+def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[dict],
+                 env: dict[str, str] | None = None) -> dict:
+    """Start an engine on `model` with vLLM engine args `engine` in a fresh process
+    (extra environment `env`), run the warm-up and the workloads, return the child's report."""
+    spec = {"model": model, "engine": engine, "warmup": warmup, "workloads": workloads}
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump(spec, f)
+        # vLLM's CPU default (4 GiB of KV) is more than the benchmarks need on a small machine.
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec_path, out_path], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"engine on {model} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        with open(out_path, encoding="utf-8") as f:
+            return json.load(f)
 
 
 def main(argv: list[str]) -> int:

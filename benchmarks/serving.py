@@ -33,19 +33,17 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 
 if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import engine_runner  # noqa: E402
 from benchmarks import report as report_files  # noqa: E402
 from benchmarks import shapes  # noqa: E402
 from iaa_vllm.tokenizer import build_prompt  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-RUNNER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "engine_runner.py")
 MME_SUFFIX = "\nAnswer the question using a single word or phrase."
 MME_QUESTIONS = [  # MME-length questions (the dataset's are 8-20 words)
     "Is there a red car parked on the left side of the street in this image?",
@@ -126,18 +124,7 @@ def run_engine(model_dir: str, mode: str, workloads: list[dict], warmup: list[di
     cfg = MODES[mode]
     engine = dict(dtype=cfg["dtype"], enforce_eager=True, max_model_len=cfg["max_model_len"], seed=0,
                   load_format=cfg["load_format"], gpu_memory_utilization=0.85, max_num_seqs=256)
-    spec = {"model": model_dir, "engine": engine, "warmup": warmup, "workloads": workloads}
-    with tempfile.TemporaryDirectory() as tmp:
-        spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
-        with open(spec_path, "w", encoding="utf-8") as f:
-            json.dump(spec, f)
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
-        proc = subprocess.run([sys.executable, RUNNER, spec_path, out_path], env=env,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"engine on {model_dir} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        with open(out_path, encoding="utf-8") as f:
-            return json.load(f)
+    return engine_runner.run_in_child(model_dir, engine, workloads, warmup)
 
 
 def percentiles(values: list[float]) -> dict:

@@ -51,16 +51,27 @@ def _real(depths: tuple[int, ...]) -> Preset:
     return Preset(_LLAMA_8B, depths, clip_defaults.CLIP_L_336_CONFIG, clip_defaults.CLIP_L_336, "bfloat16", 5000)
 
 
+# A small CLIP for the CPU presets; 336/14 keeps the real 576 patch tokens per image.
+_SMALL_CLIP = {**clip_defaults.CLIP_L_336_CONFIG, "hidden_size": 32, "intermediate_size": 64,
+               "num_hidden_layers": 3, "num_attention_heads": 2, "projection_dim": 32}
+
 PRESETS = {
     # head_dim 32: the vLLM CPU attention rejects smaller heads.
     "tiny": Preset(
         llama={**_LLAMA_8B, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4,
                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 2048},
-        insertion_layers=(0, 1, 3),
-        # 336/14 keeps the real 576 patch tokens per image.
-        clip={**clip_defaults.CLIP_L_336_CONFIG, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-              "num_attention_heads": 2, "projection_dim": 32},
-        mm_vision_tower=VISION_DIR, dtype="float32", shard_size_mb=64,
+        insertion_layers=(0, 1, 3), clip=_SMALL_CLIP, mm_vision_tower=VISION_DIR, dtype="float32",
+        shard_size_mb=64,
+    ),
+    # For CPU benchmarks: at hidden 64 a step is all Python and launch overhead, so
+    # eager vs compiled and IAA vs stock need a width (>= 512) where the matmuls
+    # count. Llama-3's shape ratios: head_dim 64, 4 query heads per KV head,
+    # intermediate ~2.75x hidden; insertion pairs as in the release. ~1.8 GB fp32.
+    "mid": Preset(
+        llama={**_LLAMA_8B, "hidden_size": 512, "intermediate_size": 1408, "num_hidden_layers": 8,
+               "num_attention_heads": 8, "num_key_value_heads": 2, "max_position_embeddings": 2048},
+        insertion_layers=(0, 1, 4, 5), clip=_SMALL_CLIP, mm_vision_tower=VISION_DIR, dtype="float32",
+        shard_size_mb=64,
     ),
     "iaa-14": _real((0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31)),
     # The release only ships IAA-14, so these depths for the 8-layer variant are our

@@ -29,10 +29,11 @@ def _add_init(subparsers) -> None:
     )
     p.add_argument("dir", help="output directory (created; must be empty unless --overwrite)")
     p.add_argument("--preset", choices=list(PRESETS), default="tiny",
-                   help="model shapes: 'tiny' runs on the CPU engine in seconds, "
-                        "'iaa-14'/'iaa-8' are the real Llama-3-8B + CLIP-L shapes (28-33 GB in bf16)")
+                   help="model shapes: 'tiny' runs on the CPU engine in seconds, 'mid' (hidden 512, "
+                        "~1.8 GB fp32) is for CPU benchmarks, 'iaa-14'/'iaa-8' are the real "
+                        "Llama-3-8B + CLIP-L shapes (28-33 GB in bf16)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
-                   help="weight dtype (default: float32 for tiny, bfloat16 for the real presets)")
+                   help="weight dtype (default: float32 for tiny and mid, bfloat16 for the real presets)")
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     p.add_argument("--overwrite", action="store_true",
                    help="write into a non-empty directory, replacing an earlier checkpoint's files")
@@ -79,7 +80,7 @@ def _add_serve(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="`vllm serve` (also on the CPU build, whose own `vllm` CLI fails)",
         description="Run `vllm serve` with the given arguments, e.g. `iaa-vllm serve "
-                    "checkpoints/tiny --enforce-eager`. Same options as `vllm serve`.",
+                    "checkpoints/tiny --port 8000`. Same options as `vllm serve`.",
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="arguments for `vllm serve`")
     p.set_defaults(func=_cmd_serve)

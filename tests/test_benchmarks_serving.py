@@ -33,7 +33,7 @@ def test_decoder_flops_by_hand():
     assert d.decode_flops(context=4, layers=1) == 2 * d.layer_params() + 2 * 2 * 8 * 4
 
 
-@pytest.mark.parametrize("preset", ["tiny", "iaa-8", "iaa-14"])
+@pytest.mark.parametrize("preset", ["tiny", "mid", "iaa-8", "iaa-14"])
 def test_iaa_weights_match_the_checkpoint_table(preset):
     """shapes counts matrices and embeddings; the writer's table has every tensor. Apart
     from the unused last CLIP layer, norms and biases (under 0.1 %), they agree."""

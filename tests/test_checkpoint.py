@@ -1,6 +1,6 @@
 """Random checkpoints in the release layout (no vLLM engine).
 
-Only `tiny` is ever written; the real presets are checked through their plan.
+Only `tiny` is ever written; `mid` and the real presets are checked through their plan.
 """
 
 import json
@@ -182,11 +182,27 @@ def test_real_preset_plans(preset, depths):
     assert C.PRESETS[preset].dtype == "bfloat16"
 
 
+def test_mid_preset_plan():
+    # The CPU benchmark size (benchmarks/compile_modes.py): the tiny preset's CLIP,
+    # tokenizer and dtype around a hidden-512 Llama.
+    plan = dict(C.tensor_plan("mid"))
+    assert len({n.split(".")[2] for n in plan if n.startswith("model.layers.")}) == 8
+    for prefix in ("model.condition_layers.", "model.condition_layers_grounding."):
+        assert {n.split(".")[2] for n in plan if n.startswith(prefix)} == {"0", "1", "2", "3"}
+    assert plan["model.layers.0.self_attn.q_proj.weight"] == (512, 512)
+    assert plan["model.layers.0.self_attn.k_proj.weight"] == (128, 512)  # 2 kv heads of 64
+    assert plan["model.condition_layers.3.mlp.gate_proj.weight"] == (1408, 512)
+    assert plan["model.mm_projector.0.weight"] == (512, 32) and plan["lm_head_condtion.weight"] == (128256, 512)
+    tiny, mid = C.PRESETS["tiny"], C.PRESETS["mid"]
+    assert mid.clip == tiny.clip and mid.dtype == tiny.dtype == "float32"
+    assert C.model_config("mid", "float32")["iaa_insertion_layers"] == [0, 1, 4, 5]
+
+
 def test_release_depths():
     assert C.PRESETS["iaa-14"].insertion_layers == (0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "iaa-14"])
+@pytest.mark.parametrize("preset", ["tiny", "mid", "iaa-14"])
 def test_plan_matches_hf_modules(preset):
     # The plan is written out by hand; HF's own modules (on the meta device, no
     # memory) are the reference for the frozen Llama and CLIP names and shapes.

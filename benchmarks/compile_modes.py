@@ -1,0 +1,244 @@
+"""IAA under vLLM's two CPU execution modes, eager and compiled, against stock Llama.
+
+    .venv/bin/python benchmarks/compile_modes.py                 # tiny and mid, both modes, 8 engines
+    .venv/bin/python benchmarks/compile_modes.py --sizes mid --modes compiled --repeat 5
+    .venv/bin/python benchmarks/compile_modes.py --quick         # CI smoke run: tiny, 4 engines
+
+`eager` is `enforce_eager=True`. `compiled` is vLLM's default (`enforce_eager=False`),
+which the CPU backend turns into torch.compile (DYNAMO_TRACE_ONCE, inductor); each
+engine's JSON records the mode and backend vLLM resolved. Sizes are checkpoint
+presets: `tiny` (hidden 64) and `mid` (hidden 512, where the matmuls start to count).
+Per size and mode, each engine in its own process (benchmarks/engine_runner.py):
+- text path: the same greedy text batch (ignore_eos, fixed max_tokens) on IAA
+  (workflow `text`) and on the stock vLLM Llama cut out of it
+  (benchmarks/stock_llama.py), in the same mode: output tokens/s, fastest of
+  `--repeat` runs; the IAA / stock ratio; whether the token ids are identical.
+- mixed traffic: text / mm / grounding 1:1:1 submitted at once to the IAA engine:
+  throughput and latency p50 (fastest of `--repeat` runs).
+- engine start (`AsyncLLM.from_engine_args`: load, profile, KV cache, compile).
+  Every engine gets a fresh, empty compile cache (VLLM_CACHE_ROOT and
+  TORCHINDUCTOR_CACHE_DIR), so a compiled start is a cold compile: what the first
+  start costs; later starts of the same model load from vLLM's cache.
+Writes benchmarks/results/compile_modes[_quick].{json,png}. CPU only: absolute
+numbers say nothing about a GPU, where compiled also means CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import tempfile
+
+if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import engine_runner, serving  # noqa: E402
+from benchmarks import report as report_files  # noqa: E402
+from benchmarks.kv_capacity import versions  # noqa: E402
+
+SIZES = ("tiny", "mid")
+MODES = {"eager": True, "compiled": False}  # mode -> enforce_eager
+DTYPE = "float32"
+FULL = dict(text_requests=16, text_tokens=48, mixed_per_workflow=4)  # serving.py's tiny workload
+QUICK = dict(text_requests=3, text_tokens=4, mixed_per_workflow=1)
+
+
+def write_models(size: str, root: str) -> dict[str, str]:
+    """The IAA checkpoint of preset `size` and the stock Llama cut out of it, under
+    `root/size` (serving.py's layout, so both benchmarks share the tiny pair).
+    Rewritten when the preset no longer matches the config on disk."""
+    from benchmarks.stock_llama import write_stock_llama
+    from iaa_vllm import checkpoint
+
+    iaa, llama = os.path.join(root, size, f"iaa-{size}"), os.path.join(root, size, "llama")
+    if _read_config(iaa) != checkpoint.model_config(size, DTYPE):
+        print(f"writing the {size} checkpoint to {iaa}", flush=True)
+        checkpoint.write_checkpoint(iaa, size, DTYPE, overwrite=True, progress=False)
+        write_stock_llama(iaa, llama)
+    elif _read_config(llama) is None:
+        write_stock_llama(iaa, llama)
+    return {"iaa": iaa, "stock": llama}
+
+
+def _read_config(path: str) -> dict | None:
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def run_engine(model: str, mode: str, workloads: list[dict], warmup: list[dict]) -> dict:
+    engine = dict(dtype=DTYPE, enforce_eager=MODES[mode], max_model_len=2048, seed=0,
+                  gpu_memory_utilization=0.85, max_num_seqs=256)
+    with tempfile.TemporaryDirectory(prefix="compile-cache-") as cache:
+        env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor")}
+        return engine_runner.run_in_child(model, engine, workloads, warmup, env)
+
+
+def answered(workload: dict, max_tokens: int) -> int:
+    """Requests that came back with all their tokens (ignore_eos: exactly max_tokens)."""
+    return sum(len(r["token_ids"]) == max_tokens for r in workload["requests"])
+
+
+def reseed(requests: list[dict], offset: int) -> list[dict]:
+    """The same requests with other random images: a repeated image would hit the
+    encoder and prefix caches and skip CLIP and the prefill."""
+    return [dict(r, image=[*r["image"][:2], r["image"][2] + offset]) if r["image"] else r for r in requests]
+
+
+def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int) -> dict:
+    n, tokens = cfg["text_requests"], cfg["text_tokens"]
+    mixed = serving.mixed_requests(cfg["mixed_per_workflow"], tokens)["mixed"]
+    # Text prompts are shorter than one CPU KV block (128), so repeating them caches nothing.
+    text = {"name": "text", "mode": "concurrent", "repeat": repeat}
+    iaa = run_engine(dirs["iaa"], mode, [
+        {**text, "requests": serving.text_requests(n, tokens)},
+        *({"name": f"mixed-{k}", "mode": "concurrent", "requests": reseed(mixed, 10_000 * k)} for k in range(repeat)),
+    ], reseed(serving.mixed_requests(1, 2)["mixed"], -500))  # each workflow once, images not reused
+    stock = run_engine(dirs["stock"], mode, [{**text, "requests": serving.text_requests(n, tokens, None)}],
+                       serving.text_requests(2, 2, None))
+
+    iaa_text, stock_text = iaa["workloads"]["text"], stock["workloads"]["text"]
+    mixed_runs = [iaa["workloads"][f"mixed-{k}"] for k in range(repeat)]
+    fastest = min(mixed_runs, key=lambda run: run["wall_s"])
+    latencies = {wf: [r["latency_s"] for r in fastest["requests"] if r["workflow"] == wf]
+                 for wf in ("text", "mm", "grounding")}
+    iaa_tp, stock_tp = serving.throughput(iaa_text), serving.throughput(stock_text)
+    return {
+        "text": {
+            "iaa": {**iaa_tp, "answered": answered(iaa_text, tokens), "all_wall_s": iaa_text["all_wall_s"]},
+            "stock": {**stock_tp, "answered": answered(stock_text, tokens), "all_wall_s": stock_text["all_wall_s"]},
+            "ratio_iaa_vs_stock": iaa_tp["tokens_per_s"] / stock_tp["tokens_per_s"],
+            "identical_ids": [r["token_ids"] for r in iaa_text["requests"]]
+            == [r["token_ids"] for r in stock_text["requests"]],
+        },
+        "mixed": {**serving.throughput(fastest), "answered": [answered(run, tokens) for run in mixed_runs],
+                  "all_wall_s": [run["wall_s"] for run in mixed_runs],
+                  "latency_p50_s": serving.percentiles(sum(latencies.values(), []))["p50"],
+                  "latency_p50_s_by_workflow": {wf: serving.percentiles(v)["p50"] for wf, v in latencies.items()}},
+        "start_s": {"iaa": iaa["start_s"], "stock": stock["start_s"]},
+        "compilation": {"iaa": iaa["compilation"], "stock": stock["compilation"]},
+        "kv_tokens": {"iaa": iaa["kv_tokens"], "stock": stock["kv_tokens"]},
+        "iaa_text_ids": [r["token_ids"] for r in iaa_text["requests"]],
+    }
+
+
+def run_all(sizes: list[str], modes: list[str], cfg: dict, repeat: int, models_dir: str) -> tuple[dict, dict]:
+    """Per size and mode the numbers; per size whether IAA's text ids agree across modes."""
+    results, across = {}, {}
+    for size in sizes:
+        dirs = write_models(size, models_dir)
+        results[size] = {}
+        for mode in modes:
+            print(f"{size} {mode}: IAA engine, then stock Llama", flush=True)
+            results[size][mode] = run_size_mode(dirs, mode, cfg, repeat)
+        ids = [r.pop("iaa_text_ids") for r in results[size].values()]
+        if len(ids) == 2:
+            # Reported, not required: inductor may reorder float sums, and greedy ids can then drift.
+            across[size] = ids[0] == ids[1]
+    return results, across
+
+
+def print_report(report: dict) -> None:
+    print(f"\n== eager vs compiled, {report['machine']['cpu']} ({report['machine']['cores']} cores) ==")
+    print(f"{'size':5s} {'mode':9s} {'IAA tok/s':>10s} {'stock':>8s} {'ratio':>6s} {'same ids':>9s} "
+          f"{'mixed tok/s':>12s} {'mixed p50':>10s} {'start IAA':>10s} {'stock':>7s}")
+    for size, modes in report["results"].items():
+        for mode, r in modes.items():
+            t, m, s = r["text"], r["mixed"], r["start_s"]
+            print(f"{size:5s} {mode:9s} {t['iaa']['tokens_per_s']:10.1f} {t['stock']['tokens_per_s']:8.1f} "
+                  f"{t['ratio_iaa_vs_stock']:6.3f} {str(t['identical_ids']):>9s} {m['tokens_per_s']:12.1f} "
+                  f"{m['latency_p50_s']:9.3f}s {s['iaa']:9.1f}s {s['stock']:6.1f}s")
+    for size, same in report["iaa_text_ids_eager_vs_compiled_identical"].items():
+        print(f"{size}: IAA text ids eager == compiled: {same}")
+    print(f"load average before / after: {report['load_avg']['before']} / {report['load_avg']['after']}")
+
+
+def plot(report: dict, path: str) -> None:
+    """Two panels of grouped bars (one group per size, one bar per mode), drawn with PIL."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    colours = {"eager": (120, 120, 120), "compiled": (220, 120, 40)}
+    panels = [("IAA / stock text throughput", lambda r: r["text"]["ratio_iaa_vs_stock"], "{:.2f}"),
+              ("IAA mixed 1:1:1 throughput (tok/s)", lambda r: r["mixed"]["tokens_per_s"], "{:.0f}")]
+    sizes = list(report["results"])
+    panel_w, h, top, bottom, left = 460, 360, 50, 40, 30
+    image = Image.new("RGB", (panel_w * len(panels), h), "white")
+    draw = ImageDraw.Draw(image)
+    for p, (title, value, fmt) in enumerate(panels):
+        x_base = p * panel_w + left
+        cells = [(s, m, value(r)) for s in sizes for m, r in report["results"][s].items()]
+        peak = max(v for _, _, v in cells) * 1.2 or 1.0
+        group = (panel_w - 2 * left) / len(sizes)
+        draw.text((x_base, 12), title, fill="black", font=font)
+        draw.line((x_base, h - bottom, x_base + panel_w - 2 * left, h - bottom), fill="black")
+        for g, size in enumerate(sizes):
+            bars = [(m, v) for s, m, v in cells if s == size]
+            width = (group - 20) / max(1, len(bars))
+            for b, (mode, v) in enumerate(bars):
+                x0 = x_base + g * group + 10 + b * width
+                y = h - bottom - (h - top - bottom) * v / peak
+                draw.rectangle((x0, y, x0 + width - 4, h - bottom), fill=colours[mode])
+                draw.text((x0, y - 16), fmt.format(v), fill="black", font=font)
+            draw.text((x_base + g * group + group / 2 - 12, h - bottom + 6), size, fill="black", font=font)
+        if p == 0:  # parity line: IAA as fast as stock
+            y = h - bottom - (h - top - bottom) / peak
+            draw.line((x_base, y, x_base + panel_w - 2 * left, y), fill=(70, 110, 180))
+            draw.text((x_base + panel_w - 2 * left - 60, y - 16), "= stock", fill=(70, 110, 180), font=font)
+    for i, (mode, colour) in enumerate(colours.items()):
+        draw.rectangle((image.width - 110, 12 + 16 * i, image.width - 100, 22 + 16 * i), fill=colour)
+        draw.text((image.width - 94, 10 + 16 * i), mode, fill="black", font=font)
+    image.save(path)
+
+
+def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    bad = [n for n in names if n not in valid]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown {what} {bad or text!r}; valid: {', '.join(valid)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=lambda t: _names(t, SIZES, "size"), default=None,
+                        help=f"checkpoint presets, comma-separated (default: {','.join(SIZES)}; tiny with --quick)")
+    parser.add_argument("--modes", type=lambda t: _names(t, tuple(MODES), "mode"), default=list(MODES),
+                        help="eager (enforce_eager=True), compiled (vLLM's default); comma-separated")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per workload, the fastest counts (default 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny only, 3 short requests, 1 run (CI smoke run)")
+    parser.add_argument("--models-dir", default=os.path.join(report_files.RESULTS_DIR, "models"),
+                        help="where the checkpoints are written (reused while they match the preset)")
+    parser.add_argument("--out", default=report_files.RESULTS_DIR, help="where compile_modes[_quick].{json,png} go")
+    args = parser.parse_args(argv)
+    if args.quick and args.sizes not in (None, ["tiny"]):
+        parser.error(f"--quick runs tiny only, not {','.join(args.sizes)}")
+    sizes = args.sizes or (["tiny"] if args.quick else list(SIZES))
+    repeat = args.repeat or (1 if args.quick else 3)
+    cfg = QUICK if args.quick else FULL
+
+    load_before = os.getloadavg()
+    results, across = run_all(sizes, args.modes, cfg, repeat, args.models_dir)
+    report = {
+        "command": shlex.join([sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "machine": {**serving.machine(), **versions()},
+        "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
+        "settings": {**cfg, "repeat": repeat, "dtype": DTYPE, "max_model_len": 2048,
+                     "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
+                     "modes": {m: {"enforce_eager": MODES[m]} for m in args.modes},
+                     "compile_cache": "fresh per engine (cold start)"},
+        "results": results,
+        "iaa_text_ids_eager_vs_compiled_identical": across,
+    }
+    print_report(report)
+    report_files.write(args.out, f"compile_modes{'_quick' if args.quick else ''}", report, plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
