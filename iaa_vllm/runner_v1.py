@@ -24,7 +24,7 @@ class WorkflowSlots(LogitsProcessor):
     """Keeps the model's slot -> (workflow, prompt length) in step with the batch."""
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        self._layers = vllm_config.compilation_config.static_forward_context
+        self._compilation = vllm_config.compilation_config
         self._state: WorkflowState | None = None
 
     @classmethod
@@ -42,7 +42,8 @@ class WorkflowSlots(LogitsProcessor):
         # Looked up on first use: the runner builds its logits processors before
         # it loads the model.
         if self._state is None:
-            found = [v for v in self._layers.values() if isinstance(v, WorkflowState)]
+            layers = self._compilation.static_forward_context
+            found = [v for v in layers.values() if isinstance(v, WorkflowState)]
             if len(found) != 1:
                 raise RuntimeError(f"expected one IAA WorkflowState in the engine, found {len(found)}")
             self._state = found[0]
