@@ -51,14 +51,6 @@ def stock_dir(tiny_dir, tmp_path_factory) -> str:
     return out
 
 
-@pytest.fixture(scope="session")
-def stock_engine(stock_dir):
-    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled)."""
-    llm = engines.start_engine(stock_dir)
-    yield llm
-    engines.stop_engine(llm)
-
-
 make_image = noise_image  # seeded random RGB pixels, shared with the load benchmark
 
 
