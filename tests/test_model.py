@@ -174,10 +174,16 @@ def test_text_only_batches_run_no_insertion_layer(iaa_engine, images):
 
 
 def _dynamo_counts(model) -> dict:
-    from torch._dynamo.utils import counters
+    import inspect
 
+    from torch._dynamo.utils import counters, get_compilation_metrics
+
+    # Only the frames Dynamo compiled from LlamaModel's file: vLLM 0.26's CPU sampler
+    # torch.compiles a function of its own (`compiled_random_sample`) in the same worker.
+    llama_file = inspect.getsourcefile(type(model.model))
+    frames = [m for m in get_compilation_metrics() if m.co_filename == llama_file]
     return {"graph_breaks": sum(counters["graph_break"].values()),
-            "graphs": counters["stats"]["unique_graphs"], "calls": counters["stats"]["calls_captured"]}
+            "graphs": len(frames), "ops": sum(m.graph_op_count or 0 for m in frames)}
 
 
 def test_the_whole_llama_with_iaa_ops_compiles_as_one_graph(iaa_engine):
@@ -186,4 +192,4 @@ def test_the_whole_llama_with_iaa_ops_compiles_as_one_graph(iaa_engine):
     assert counts["graph_breaks"] == 0
     assert counts["graphs"] == 1
     # A graph of the whole model, not of one small op: 4 layers, attention, norms, 3 IAA ops.
-    assert counts["calls"] > 100
+    assert counts["ops"] > 100
