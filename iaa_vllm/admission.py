@@ -92,7 +92,7 @@ def _is_iaa(input_processor) -> bool:
 def install() -> None:
     """Wrap `InputProcessor.process_inputs` and `ImageMediaIO`'s loaders once per process.
 
-    Idempotent. Checked against vLLM 0.32 (`vllm/v1/engine/input_processor.py`,
+    Idempotent. Checked against vLLM 0.26 and 0.32 (`vllm/v1/engine/input_processor.py`,
     `vllm/multimodal/media/image.py`).
     - `process_inputs`: admits requests of IAA engines only (`_is_iaa`); other
       models' requests pass through untouched.

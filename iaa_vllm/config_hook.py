@@ -10,7 +10,7 @@ builds an engine's config, for that architecture alone. IAA uses it to:
   FULL mode: a full graph would freeze the per-request row choice of one batch;
 - refuse what the layer interleaving cannot serve, before the engine starts.
 
-Checked against vLLM 0.32 (`vllm/model_executor/models/config.py`,
+Checked against vLLM 0.26 and 0.32 (`vllm/model_executor/models/config.py`,
 `VllmConfig.try_verify_and_update_config`).
 """
 

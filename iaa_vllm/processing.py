@@ -2,9 +2,9 @@
 
 There is no HF processor for IAA; the release preprocesses like LLaVA-1.5 with
 `image_aspect_ratio: "pad"` (design.md §1), which this reproduces with
-transformers' CLIPImageProcessor. vLLM's renderer tokenizes the prompt; we only
-turn images into `pixel_values` and expand the one image token of the prompt
-into one placeholder per CLIP patch.
+transformers' CLIPImageProcessor. vLLM tokenizes the prompt (on vLLM 0.26 through
+`compat.ImageProcessorBase`); we only turn images into `pixel_values` and expand
+the one image token of the prompt into one placeholder per CLIP patch.
 """
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
 from vllm.multimodal.parse import MultiModalDataItems
 from vllm.multimodal.processing import (
     BaseDummyInputsBuilder,
-    BaseMultiModalProcessor,
     BaseProcessingInfo,
     PromptReplacement,
     PromptUpdate,
 )
 
 from iaa_vllm import config as iaa_config
+from iaa_vllm.compat import ImageProcessorBase
 
 try:  # transformers >= 5: the PIL path the release used; the default one is torchvision's
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -100,13 +100,8 @@ class IAADummyInputsBuilder(BaseDummyInputsBuilder[IAAProcessingInfo]):
         }
 
 
-class IAAMultiModalProcessor(BaseMultiModalProcessor[IAAProcessingInfo]):
-    def _call_hf_processor(
-        self, hf_data: Mapping[str, object], hf_kwargs: Mapping[str, object]
-    ) -> BatchFeature:
-        images = hf_data.get("images") or []
-        if isinstance(images, Image.Image):
-            images = [images]
+class IAAMultiModalProcessor(ImageProcessorBase[IAAProcessingInfo]):
+    def process_images(self, images: Sequence[Image.Image]) -> BatchFeature:
         return BatchFeature({"pixel_values": pixel_values(self.info.image_processor, images)})
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):

@@ -1,0 +1,26 @@
+"""compat.py gives the installed vLLM the form of each interface it expects."""
+
+from __future__ import annotations
+
+import inspect
+
+import vllm
+from vllm.multimodal.processing import BaseMultiModalProcessor
+
+from iaa_vllm import compat
+from iaa_vllm.processing import IAAMultiModalProcessor
+
+# The versions compat.py's table was checked on -> whether the processor tokenizes.
+CHECKED = {"0.26": True, "0.32": False}
+
+
+def test_processor_overrides_the_installed_signature():
+    base = inspect.signature(BaseMultiModalProcessor._call_hf_processor).parameters
+    ours = inspect.signature(IAAMultiModalProcessor._call_hf_processor).parameters
+    assert list(ours) == list(base)
+
+
+def test_checked_versions_take_their_known_form():
+    minor = ".".join(vllm.__version__.split(".")[:2])
+    if minor in CHECKED:
+        assert compat.PROCESSOR_TOKENIZES_PROMPT is CHECKED[minor]
