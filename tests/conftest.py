@@ -51,6 +51,18 @@ def stock_dir(tiny_dir, tmp_path_factory) -> str:
     return out
 
 
+@pytest.fixture(scope="module")
+def stock_engine(stock_dir):
+    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled).
+
+    Per module, not per session: a session engine would hold ~2 GB through the
+    server and Ray tests that follow.
+    """
+    llm = engines.start_engine(stock_dir)
+    yield llm
+    engines.stop_engine(llm)
+
+
 make_image = noise_image  # seeded random RGB pixels, shared with the load benchmark
 
 

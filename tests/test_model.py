@@ -20,18 +20,6 @@ from tests.engines import (
 )
 
 
-@pytest.fixture(scope="module")
-def stock_engine(stock_dir):
-    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled).
-
-    Per module, not per session: a session engine would hold ~2 GB through the
-    server and Ray tests that follow.
-    """
-    llm = engines.start_engine(stock_dir)
-    yield llm
-    engines.stop_engine(llm)
-
-
 
 def test_text_is_bit_identical_to_stock_llama(iaa_engine, stock_engine):
     requests = [text_request(q) for q in QUESTIONS] + [{"prompt": "Once upon a time"}]

@@ -13,24 +13,10 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
-
 from tests import engines
 from tests.engines import QUESTIONS, per_step_logprobs, text_request
 
 PROMPTS = [text_request(q)["prompt"] for q in QUESTIONS] + ["Once upon a time"]
-
-@pytest.fixture(scope="module")
-def stock_engine(stock_dir):
-    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled).
-
-    Per module, not per session: a session engine would hold ~2 GB through the
-    server and Ray tests that follow.
-    """
-    llm = engines.start_engine(stock_dir)
-    yield llm
-    engines.stop_engine(llm)
-
 
 
 def _logits_processor_names(worker) -> list[str]:
