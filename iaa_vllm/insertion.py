@@ -69,7 +69,7 @@ class IAAInsertionLayer(nn.Module):
     workflows: the model's routing.WorkflowState, whose current step names the rows.
     """
 
-    def __init__(self, config, cache_config, quant_config, prefix: str, workflows=None):
+    def __init__(self, config, cache_config, quant_config, prefix: str, workflows):
         super().__init__()
         self.workflows = workflows
         self.experts = nn.ModuleDict(

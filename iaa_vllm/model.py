@@ -119,10 +119,8 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         compilation = vllm_config.compilation_config
         if compilation.mode == CompilationMode.VLLM_COMPILE:
             # Before LlamaModel's compile wrapper exists: cut the graph at IAA's ops.
-            compilation.splitting_ops = [
-                *(compilation.splitting_ops or []),
-                *(op for op in frozen.SPLITTING_OPS if op not in (compilation.splitting_ops or [])),
-            ]
+            ops = list(compilation.splitting_ops or [])
+            compilation.splitting_ops = ops + [op for op in frozen.SPLITTING_OPS if op not in ops]
 
         # Per-request workflows, fed by a runner adapter (routing.py), read by the ops.
         self.workflows = routing.WorkflowState(
