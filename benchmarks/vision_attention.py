@@ -8,7 +8,7 @@ its fallback is TORCH_SDPA (`F.scaled_dot_product_attention` on [B, H, S, D]). B
 are timed here against `xformers.ops.memory_efficient_attention`, each called the way
 its user calls it, on the same bf16 inputs, 1 to 64 images per call; every output is
 checked against an fp32 reference first. xformers would replace vLLM's path only if it
-is faster (issue 4).
+is faster.
 
     python benchmarks/vision_attention.py   # writes results/vision_attention.{json,png}
 

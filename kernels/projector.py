@@ -1,6 +1,6 @@
 """The `mlp2x_gelu` projector, y = Linear2(GELU_erf(Linear1(x))), as two Triton GEMMs.
 
-Three things side by side (style rule 6): the private `@triton.jit` kernel, the public
+Three things side by side: the private `@triton.jit` kernel, the public
 launcher `projector_forward` and the pure-torch `projector_reference`.
 
 What is fused. One GEMM kernel, launched twice: Linear1 with bias + exact (erf) GELU
@@ -25,9 +25,11 @@ bf16, 1 to 64 images of 576 tokens): the kernel is SLOWER than torch eager (cuBL
 at every shape, 0.60-0.77x with the default tiles and at most 0.96x with the best of
 11 tile configs. Eager already runs the two GEMMs at ~640 TFLOP/s (8 images: 193
 GFLOP in 0.303 ms) against a measured ~800 TFLOP/s ceiling, so even perfect fusion
-could not reach the issue's 1.2x goal. The launcher therefore keeps torch on CUDA
-(`_use_triton`); the kernel runs under the interpreter in tests, and stays here, with
-its benchmark, for GPUs or shapes where a later measurement says otherwise.
+could not reach a 1.2x speed-up. So the launcher keeps torch on CUDA (`_use_triton`),
+and the model does not call it at all: `iaa_vllm/projector.py` runs vLLM's parallel
+linear layers, which carry tensor parallelism and quantization. The kernel runs under
+the interpreter in tests and stays here, with its benchmark (benchmarks/projector.py),
+for GPUs or shapes where a later measurement says otherwise.
 """
 
 from __future__ import annotations

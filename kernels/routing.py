@@ -1,6 +1,6 @@
 """Per-workflow row routing in the insertion layers, as Triton kernels.
 
-Three things side by side (style rule 6): the private `@triton.jit` kernels, the
+Three things side by side: the private `@triton.jit` kernels, the
 public launchers `gather_add` / `scatter_rows_` and the pure-torch references.
 
 What the insertion layer does per workflow (iaa_vllm/insertion.py): gather that
@@ -11,8 +11,8 @@ are read again by the add); the fused kernel reads 2 n·H and writes n·H. The
 write-back (`dst[idx] = src`) is one index_put launch in torch already; the kernel
 is the same traffic with a simpler index path.
 
-Where the kernels run: CUDA tensors with Triton installed and `_use_triton` true for
-the shape, and CPU tensors only when TRITON_INTERPRET=1 was set before this module
+Where the kernels run: CUDA tensors with Triton installed and at least one row to
+move (`_use_triton`), and CPU tensors only when TRITON_INTERPRET=1 was set before this module
 was imported (tests). Everywhere else, the references.
 """
 
@@ -71,12 +71,12 @@ def scatter_rows_reference(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tens
 def gather_add(h: torch.Tensor, r: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """h, r [T, H] (same dtype and device), idx [n] int rows of T → [n, H] = h[idx] + r[idx].
 
-    The fused kernel where it can run and `_use_triton` picks it, else the reference.
+    The fused kernel where it can run and there are rows (`_use_triton`), else the reference.
     The kernel adds in fp32 and rounds once; torch adds in the input dtype, which for
     bf16/fp16 is the same correctly rounded sum, so the two agree bit for bit.
     """
     _check_rows("gather_add", h, idx, r=r)
-    if not (_triton_can_run(h) and _use_triton(idx.numel(), h.shape[1])):
+    if not (_triton_can_run(h) and _use_triton(idx.numel())):
         return gather_add_reference(h, r, idx)
     return _gather_add(h, r, idx)
 
@@ -84,7 +84,7 @@ def gather_add(h: torch.Tensor, r: torch.Tensor, idx: torch.Tensor) -> torch.Ten
 def scatter_rows_(dst: torch.Tensor, idx: torch.Tensor, src: torch.Tensor) -> torch.Tensor:
     """dst [T, H], idx [n] distinct rows of T, src [n, H] → dst with dst[idx] = src (in place)."""
     _check_rows("scatter_rows_", dst, idx, src=src)
-    if not (_triton_can_run(dst) and _use_triton(idx.numel(), dst.shape[1])):
+    if not (_triton_can_run(dst) and _use_triton(idx.numel())):
         return scatter_rows_reference(dst, idx, src)
     return _scatter_rows(dst, idx, src)
 
@@ -111,13 +111,15 @@ def _triton_can_run(x: torch.Tensor) -> bool:
     return triton is not None and (x.is_cuda or _INTERPRET)
 
 
-def _use_triton(n: int, width: int) -> bool:
-    """Shapes where the kernels are the faster path: all measured ones.
+def _use_triton(n: int) -> bool:
+    """True whenever there is a row to move (n > 0): no shape is sent to torch.
 
-    H100, bf16, width 4096, 577 to 8078 routed rows of 577- to 8192-token batches
+    No shape threshold, because every measured shape was faster as a kernel: H100,
+    bf16, width 4096, 577 to 8078 routed rows of 577- to 8192-token batches
     (benchmarks/routing.py, two runs): gather-add 1.75-2.29x and scatter 1.96-3.09x
-    faster than torch indexing (README "Kernels"). Int32 offsets are not a limit: the kernels
-    index rows in int64.
+    faster than torch indexing (README "Kernels"). n == 0 has nothing to move; the
+    torch path returns an empty result without a kernel launch. Int32 offsets are not a limit: the kernels index
+    rows in int64.
     """
     return n > 0
 
