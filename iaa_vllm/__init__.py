@@ -2,6 +2,9 @@
 
 ARCHITECTURE = "IAALlamaForCausalLM"
 MODEL_TYPE = "IAA"
+# Where a request names its workflow: `SamplingParams.extra_args` offline, `vllm_xargs`
+# in an OpenAI request. Here, not in routing.py, so the client needs no vLLM import.
+EXTRA_ARGS_KEY = "iaa_workflow"
 
 
 def register() -> None:

@@ -19,7 +19,8 @@ import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from iaa_vllm import clip_defaults, tokenizer, weights
+from iaa_vllm import ARCHITECTURE, MODEL_TYPE, clip_defaults, tokenizer, weights
+from iaa_vllm.config import RELEASE_INSERTION_LAYERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STD = 0.02  # matrices and embeddings, as Llama's initializer_range
@@ -73,7 +74,7 @@ PRESETS = {
         insertion_layers=(0, 1, 4, 5), clip=_SMALL_CLIP, mm_vision_tower=VISION_DIR, dtype="float32",
         shard_size_mb=64,
     ),
-    "iaa-14": _real((0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31)),
+    "iaa-14": _real(tuple(RELEASE_INSERTION_LAYERS)),
     # The release only ships IAA-14, so these depths for the 8-layer variant are our
     # choice (pairs every 10 layers); a checkpoint's `iaa_insertion_layers` overrides them.
     "iaa-8": _real((0, 1, 10, 11, 20, 21, 30, 31)),
@@ -169,7 +170,7 @@ def model_config(preset: str, dtype: str) -> dict:
     """Contents of config.json, release keys plus our two optional ones."""
     p = get_preset(preset)
     return {
-        "architectures": ["IAALlamaForCausalLM"], "model_type": "IAA", **p.llama,
+        "architectures": [ARCHITECTURE], "model_type": MODEL_TYPE, **p.llama,
         "attention_bias": False, "attention_dropout": 0.0, "mlp_bias": False,
         "initializer_range": STD, "pretraining_tp": 1, "rope_scaling": None, "use_cache": True,
         "torch_dtype": dtype, "dtype": dtype,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from iaa_vllm import grounding
+from iaa_vllm import EXTRA_ARGS_KEY, grounding
 
 ImageLike = str | os.PathLike | Image.Image
 
@@ -72,7 +72,7 @@ def chat(api, question: str, image: ImageLike | None = None, *, workflow: str | 
                    {"type": "text", "text": question}]
     extra_body = dict(create_kwargs.pop("extra_body", None) or {})
     if workflow is not None:
-        extra_body["vllm_xargs"] = {**extra_body.get("vllm_xargs", {}), "iaa_workflow": workflow}
+        extra_body["vllm_xargs"] = {**extra_body.get("vllm_xargs", {}), EXTRA_ARGS_KEY: workflow}
     create_kwargs.setdefault("temperature", 0)
     response = api.chat.completions.create(
         model=model or served_model(api), max_tokens=max_tokens,

@@ -16,7 +16,7 @@ from iaa_vllm import MODEL_TYPE
 from iaa_vllm.clip_defaults import CLIP_L_336, CLIP_L_336_CONFIG, CLIP_L_336_PREPROCESSOR
 
 RELEASE_INSERTION_LAYERS = [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31]
-IMAGE_TOKEN_INDEX = 128049  # <|reserved_special_token_44|>
+IMAGE_TOKEN_ID = 128049  # <|reserved_special_token_44|> (iaa_vllm/tokenizer.py)
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 SELECT_FEATURES = ("patch",)
 ASPECT_RATIOS = ("pad",)
@@ -30,7 +30,7 @@ class IAAConfig(LlamaConfig):
     def __init__(
         self,
         iaa_insertion_layers: list[int] | None = None,
-        image_token_index: int = IMAGE_TOKEN_INDEX,
+        image_token_index: int = IMAGE_TOKEN_ID,
         mm_vision_tower: str = CLIP_L_336,
         mm_vision_select_layer: int = -2,
         mm_vision_select_feature: str = "patch",

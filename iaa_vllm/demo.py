@@ -13,7 +13,7 @@ import time
 
 from PIL import Image, ImageDraw
 
-from iaa_vllm import grounding
+from iaa_vllm import EXTRA_ARGS_KEY, grounding
 from iaa_vllm.tokenizer import build_prompt
 
 DEFAULT_MODEL = os.path.join("checkpoints", "tiny")
@@ -71,7 +71,7 @@ def main(args: argparse.Namespace) -> int:
             prompt["multi_modal_data"] = {"image": image}
         prompts.append(prompt)
         params.append(SamplingParams(max_tokens=args.max_tokens, temperature=0,
-                                     extra_args={"iaa_workflow": workflow}))
+                                     extra_args={EXTRA_ARGS_KEY: workflow}))
 
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)

@@ -18,6 +18,7 @@ from typing import Protocol
 from PIL import Image
 from tqdm import tqdm
 
+from iaa_vllm import EXTRA_ARGS_KEY
 from iaa_vllm.eval.store import AnswerStore
 from iaa_vllm.tokenizer import build_prompt
 
@@ -71,7 +72,7 @@ def _report_skip(stats: RunStats, item_id: str, reason: str) -> None:
 def _params(workflow: str, max_tokens: int):
     from vllm import SamplingParams
 
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args={"iaa_workflow": workflow})
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, extra_args={EXTRA_ARGS_KEY: workflow})
 
 
 def run_local(llm, items: list[Item], store: AnswerStore, workflow: str, max_tokens: int,
