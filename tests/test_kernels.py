@@ -174,7 +174,7 @@ def test_kernel_compiles_for_h100(tokens):
 
 
 def test_reference_gelu_is_vllms():
-    """The fused path replaces vLLM's get_act_fn("gelu"): it must be the exact erf GELU."""
+    """The kernel and its reference compute the model's GELU, vLLM's get_act_fn("gelu"): exact erf."""
     from vllm.config import VllmConfig, set_current_vllm_config
     from vllm.model_executor.layers.activation import get_act_fn
 
