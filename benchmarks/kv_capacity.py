@@ -1,7 +1,7 @@
 """KV capacity and engine start time: IAA engine vs stock vLLM Llama, same frozen weights.
 
 Every insertion layer has its own attention and so its own paged KV; the mm and
-grounding layers at one depth share one KV slot (design.md section 3). At a fixed
+grounding layers at one depth share one KV slot (docs/design.md §3). At a fixed
 KV budget the IAA engine therefore holds L / (L + N) of the tokens a stock Llama
 engine holds (L frozen layers, N insertion depths). This measures that on the CPU
 engine, reading the capacity vLLM resolved at start, and prints the ratio the

@@ -1,4 +1,4 @@
-"""Random-weight IAA checkpoints in the release layout (design.md section 2).
+"""Random-weight IAA checkpoints in the release layout (docs/design.md §2).
 
 Same config keys, tensor names (misspelled `lm_head_condtion` included) and HF
 safetensors shards + index as the public release, so loaders can be tested

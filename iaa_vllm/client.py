@@ -2,7 +2,7 @@
 
 A thin layer over the `openai` client for `iaa-vllm serve` (or `vllm serve`):
 images go as base64 data URLs, the workflow as `vllm_xargs.iaa_workflow`
-(design.md §5), and grounding answers come back as pixel boxes on the caller's
+(docs/design.md §5), and grounding answers come back as pixel boxes on the caller's
 image via `iaa_vllm.grounding`. Greedy by default, so answers are reproducible.
 
     from openai import OpenAI

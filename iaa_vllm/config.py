@@ -2,7 +2,7 @@
 
 The release's config.json is a Llama config plus LLaVA-style `mm_*` keys; two
 optional keys are ours: `iaa_insertion_layers` and `image_token_index`
-(design.md §2). Everything a user can get wrong fails here, at load, with the
+(docs/design.md §2). Everything a user can get wrong fails here, at load, with the
 key, the bad value and what would be valid.
 """
 

@@ -1,7 +1,7 @@
 """Grounding answers as boxes users can draw: parse the model's text, map to pixels.
 
 The grounding workflow answers with boxes `[x1, y1, x2, y2]` normalised to 0-1 on
-the *padded square* image the model saw (design.md §1), several separated by
+the *padded square* image the model saw (docs/design.md §1), several separated by
 "; ". A pixel coordinate on the original image is `v * side - pad`, where side =
 max(w, h) and pad is where the image sits inside the square — the same offsets
 `processing.expand_to_square` uses.

@@ -3,7 +3,7 @@
 Each image workflow (`mm`, `grounding`) has its own decoder-layer weights at
 each insertion depth, but a request only ever uses one workflow, so both share
 one `Attention` module and hence one paged-KV slot per depth: 32 + N layers of
-KV instead of 32 + 2N (design.md §3).
+KV instead of 32 + 2N (docs/design.md §3).
 
 The attention op runs over the whole batch because vLLM's attention metadata
 (slot mapping, query_start_loc) describes every token; text rows feed zeros and

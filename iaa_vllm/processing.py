@@ -1,7 +1,7 @@
 """Image processing for IAA requests: pad to square, CLIP preprocessing, 576 placeholders.
 
 There is no HF processor for IAA; the release preprocesses like LLaVA-1.5 with
-`image_aspect_ratio: "pad"` (design.md §1), which this reproduces with
+`image_aspect_ratio: "pad"` (docs/design.md §1), which this reproduces with
 transformers' CLIPImageProcessor. vLLM tokenizes the prompt (on vLLM 0.26 through
 `compat.ImageProcessorBase`); we only turn images into `pixel_values` and expand
 the one image token of the prompt into one placeholder per CLIP patch.

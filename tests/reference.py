@@ -1,6 +1,6 @@
 """Pure-torch reference forward pass of IAA (Inner-Adaptor Architecture, arXiv 2408.12902).
 
-Written from the release semantics (design.md §1-2), independent of vLLM, to be read top to
+Written from the release semantics (docs/design.md §1-2), independent of vLLM, to be read top to
 bottom: weights stay in a flat ``{name: tensor}`` dict in the release layout and every layer
 is a function over it. No KV cache: ``generate`` recomputes the whole sequence per token.
 

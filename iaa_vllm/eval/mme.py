@@ -1,6 +1,6 @@
 """MME: the two accepted data layouts, the official result files, the official score.
 
-Layouts (design.md §1 prompt: the question, then "\\nAnswer the question using a
+Layouts (docs/design.md §1 prompt: the question, then "\\nAnswer the question using a
 single word or phrase."):
 
 - Official `MME_Benchmark_release_version/`: one folder per category, holding either

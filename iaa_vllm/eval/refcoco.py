@@ -8,7 +8,7 @@ refs (`ref_id`, `ann_id`, `image_id`, `split`, `sentences: [{sent_id, sent}]`), 
 refcocog (val, test). Pickles run code when loaded: load only files you trust.
 
 Each sentence is one question on the `grounding` workflow with the release's prompt
-(design.md §1). A sentence counts as found when one of the answer's boxes, mapped
+(docs/design.md §1). A sentence counts as found when one of the answer's boxes, mapped
 to original-image pixels, has IoU >= 0.5 with the ground truth, the rule of the
 release's `compute_precision.py` (which also reads every `"; "`-separated box).
 Ours clips predicted boxes to the image; with the ground truth inside the image,
