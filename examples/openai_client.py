@@ -4,7 +4,7 @@
     .venv/bin/python examples/openai_client.py [--base-url http://127.0.0.1:8000/v1] [--image photo.jpg]
 
 The workflow goes in `extra_body={"vllm_xargs": {"iaa_workflow": ...}}`; the image
-as a base64 data URL (an http(s) URL works too, see the README's media options).
+as a base64 data URL (an http(s) URL works too, see docs/serving.md, media options).
 """
 
 import argparse

@@ -7,7 +7,7 @@
 Starts a local Ray cluster, deploys `ray.serve.llm.build_openai_app` with the
 config's `LLMConfig`, prints the endpoint and serves until Ctrl-C / SIGTERM, then
 shuts Serve and Ray down. Every replica is a vLLM engine of its own; the plugin
-comes with the `.venv` every Ray worker here runs in (README: Scaling out).
+comes with the `.venv` every Ray worker here runs in (docs/scaling.md).
 """
 
 import argparse

@@ -117,7 +117,7 @@ def _use_triton(n: int) -> bool:
     No shape threshold, because every measured shape was faster as a kernel: H100,
     bf16, width 4096, 577 to 8078 routed rows of 577- to 8192-token batches
     (benchmarks/routing.py, two runs): gather-add 1.75-2.29x and scatter 1.96-3.09x
-    faster than torch indexing (README "Kernels"). n == 0 has nothing to move; the
+    faster than torch indexing (docs/benchmarks.md, Kernels). n == 0 has nothing to move; the
     torch path returns an empty result without a kernel launch. Int32 offsets are not a limit: the kernels index
     rows in int64.
     """

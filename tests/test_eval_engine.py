@@ -79,9 +79,9 @@ def test_killed_run_left_only_whole_answers(killed_run):
 
 @pytest.fixture(scope="module")
 def ray_run(tiny_dir, data) -> dict:
-    """`iaa-vllm eval refcoco --ray` with 2 tiny replicas on a local Ray (see README: Evaluation)."""
+    """`iaa-vllm eval refcoco --ray` with 2 tiny replicas on a local Ray (see docs/evaluation.md)."""
     out = str(data["root"] / "refcoco-ray")
-    # Two engines on a small shared machine (README: Evaluation): no thread pinning, each
+    # Two engines on a small shared machine (docs/evaluation.md): no thread pinning, each
     # engine in its actor's process (one process per replica, not three), and Ray's
     # memory monitor off: it counts every process on the node and killed our replicas
     # for other jobs' memory.
