@@ -1,6 +1,6 @@
 """kernels/routing.py: the gather-add and row-scatter kernels against torch indexing.
 
-As in test_kernels.py, one child process started with TRITON_INTERPRET=1 runs the
+As in test_kernels_projector.py, one child process started with TRITON_INTERPRET=1 runs the
 kernels over CASES (Triton's @jit reads the variable at import) and saves the results;
 the comparisons run here. On an H100 benchmarks/routing.py checks them bit for bit.
 """
