@@ -1,4 +1,4 @@
-"""The insertion layer at one depth: a two-expert Llama decoder layer keyed by workflow.
+"""The insertion layer at one depth: a Llama decoder layer with one set of weights per workflow.
 
 Each image workflow (`mm`, `grounding`) has its own decoder-layer weights at
 each insertion depth, but a request only ever uses one workflow, so both share
@@ -28,7 +28,7 @@ from kernels.routing import gather_add, scatter_rows_
 
 
 class IAAAttentionProjections(nn.Module):
-    """q/k/v and output projections of one expert (checkpoint: `self_attn.*`)."""
+    """q/k/v and output projections of one workflow's layer (checkpoint: `self_attn.*`)."""
 
     def __init__(self, config, quant_config, prefix: str):
         super().__init__()
@@ -49,7 +49,7 @@ class IAAAttentionProjections(nn.Module):
         )
 
 
-class IAAExpert(nn.Module):
+class IAAWorkflowLayer(nn.Module):
     """One workflow's weights of an insertion layer; names follow the checkpoint."""
 
     def __init__(self, config, quant_config, prefix: str):
@@ -72,13 +72,13 @@ class IAAInsertionLayer(nn.Module):
     def __init__(self, config, cache_config, quant_config, prefix: str, workflows):
         super().__init__()
         self.workflows = workflows
-        self.experts = nn.ModuleDict(
+        self.workflow_layers = nn.ModuleDict(
             {
-                wf: IAAExpert(config, quant_config, f"{prefix}.experts.{wf}")
+                wf: IAAWorkflowLayer(config, quant_config, f"{prefix}.workflow_layers.{wf}")
                 for wf in IMAGE_WORKFLOWS
             }
         )
-        proj = self.experts["mm"].self_attn
+        proj = self.workflow_layers["mm"].self_attn
         self.q_size, self.kv_size = proj.q_size, proj.kv_size
         tp = get_tensor_model_parallel_world_size()
         self.rotary_emb = get_rope(
@@ -117,9 +117,9 @@ class IAAInsertionLayer(nn.Module):
         v = hidden_states.new_zeros(num_tokens, self.kv_size)
         streams = {}
         for wf, idx in rows.items():
-            expert = self.experts[wf]
+            layer = self.workflow_layers[wf]
             stream = gather_add(hidden_states, residual, idx)  # = hidden_states[idx] + residual[idx]
-            qkv, _ = expert.self_attn.qkv_proj(expert.input_layernorm(stream))
+            qkv, _ = layer.self_attn.qkv_proj(layer.input_layernorm(stream))
             q_wf, k_wf, v_wf = qkv.split([self.q_size, self.kv_size, self.kv_size], -1)
             q_wf, k_wf = self.rotary_emb(positions[idx], q_wf, k_wf)
             for dst, src in ((q, q_wf), (k, k_wf), (v, v_wf)):
@@ -130,10 +130,10 @@ class IAAInsertionLayer(nn.Module):
         # In place, as vLLM's own layers treat their inputs (fused_add_rms_norm): every
         # read of these rows happened above, and workflows own disjoint rows.
         for wf, idx in rows.items():
-            expert = self.experts[wf]
-            out, _ = expert.self_attn.o_proj(attn_out[idx])
-            out, res = expert.post_attention_layernorm(out, streams[wf])
-            scatter_rows_(hidden_states, idx, expert.mlp(out))
+            layer = self.workflow_layers[wf]
+            out, _ = layer.self_attn.o_proj(attn_out[idx])
+            out, res = layer.post_attention_layernorm(out, streams[wf])
+            scatter_rows_(hidden_states, idx, layer.mlp(out))
             scatter_rows_(residual, idx, res)
         return hidden_states, residual
 

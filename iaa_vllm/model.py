@@ -6,7 +6,7 @@ with processing in `processing.py`. The frozen Llama is vLLM's own compiled
 opaque ops); CLIP is vLLM's `CLIPVisionModel`. What IAA adds:
 
 - per image workflow (`mm`, `grounding`): embedding table, LM head and projector
-  (`IAAWorkflowSet`), final norm (`frozen.IAAFinalNorm`) and insertion layers
+  (`IAAAdapter`), final norm (`frozen.IAAFinalNorm`) and insertion layers
   (`insertion.py`);
 - per-request workflows (`routing.py`): text rows run exactly the stock Llama
   path; image rows get their workflow's embedding, insertion layers, norm, head.
@@ -53,7 +53,7 @@ from iaa_vllm.processing import (
 from iaa_vllm.projector import IAAProjector
 
 
-class IAAWorkflowSet(nn.Module):
+class IAAAdapter(nn.Module):
     """One image workflow's own embedding, LM head and projector (its norm: `frozen.IAAFinalNorm`)."""
 
     def __init__(self, config, quant_config, prefix: str):
@@ -73,13 +73,13 @@ class IAAWorkflowSet(nn.Module):
 
 def _set_renames() -> dict[str, str]:
     renames = {}
-    for wf, (embed, layers, norm, head, projector) in weights.SETS.items():
-        renames[rf"^{re.escape(layers)}\.(\d+)\."] = rf"insertion_layers.\1.experts.{wf}."
-        renames[rf"^{re.escape(embed)}\."] = f"sets.{wf}.embed_tokens."
+    for wf, (embed, layers, norm, head, projector) in weights.ADAPTERS.items():
+        renames[rf"^{re.escape(layers)}\.(\d+)\."] = rf"insertion_layers.\1.workflow_layers.{wf}."
+        renames[rf"^{re.escape(embed)}\."] = f"adapters.{wf}.embed_tokens."
         renames[rf"^{re.escape(norm)}\."] = f"model.norm.workflow_norms.{wf}."
-        renames[rf"^{re.escape(head)}\."] = f"sets.{wf}.lm_head."
-        renames[rf"^{re.escape(projector)}\.0\."] = f"sets.{wf}.projector.linear_1."
-        renames[rf"^{re.escape(projector)}\.2\."] = f"sets.{wf}.projector.linear_2."
+        renames[rf"^{re.escape(head)}\."] = f"adapters.{wf}.lm_head."
+        renames[rf"^{re.escape(projector)}\.0\."] = f"adapters.{wf}.projector.linear_1."
+        renames[rf"^{re.escape(projector)}\.2\."] = f"adapters.{wf}.projector.linear_2."
     return {re.compile(k): v for k, v in renames.items()}
 
 
@@ -158,9 +158,9 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
             )
             for name, layer in zip(insertion_names.values(), self.insertion_layers):
                 frozen.register_layer(vllm_config, name, layer)
-            self.sets = nn.ModuleDict(
+            self.adapters = nn.ModuleDict(
                 {
-                    wf: IAAWorkflowSet(config, quant_config, maybe_prefix(prefix, f"sets.{wf}"))
+                    wf: IAAAdapter(config, quant_config, maybe_prefix(prefix, f"adapters.{wf}"))
                     for wf in routing.IMAGE_WORKFLOWS
                 }
             )
@@ -193,9 +193,9 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         if multimodal_embeddings is None or is_multimodal is None or not len(multimodal_embeddings):
             return embeds
         features = torch.cat([f.reshape(-1, f.shape[-1]) for f in multimodal_embeddings])
-        carrier = embeds.new_zeros(features.shape[0], embeds.shape[-1])
-        carrier[:, : features.shape[-1]] = features.to(embeds.dtype)
-        embeds[is_multimodal] = carrier
+        packed = embeds.new_zeros(features.shape[0], embeds.shape[-1])
+        packed[:, : features.shape[-1]] = features.to(embeds.dtype)
+        embeds[is_multimodal] = packed
         return embeds
 
     # ---- language -----------------------------------------------------------
@@ -204,12 +204,12 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         projected CLIP features at placeholders (read from the rows' first columns)."""
         mm_hidden = self.config.mm_hidden_size
         for wf, idx in step.rows.items():
-            wf_set = self.sets[wf]
-            new = wf_set.embed_tokens(input_ids[idx])
+            adapter = self.adapters[wf]
+            new = adapter.embed_tokens(input_ids[idx])
             placeholders = step.image_rows[idx]
             if placeholders.any():
                 features = embeds[idx[placeholders], :mm_hidden]
-                new[placeholders] = wf_set.projector(features).to(new.dtype)
+                new[placeholders] = adapter.projector(features).to(new.dtype)
             embeds[idx] = new
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
@@ -228,7 +228,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
             return self.logits_processor(self.lm_head, hidden)
         # Each row through its own workflow's head: selected, never blended. Every
         # rank calls every head: the logits gather is a collective.
-        heads = [self.lm_head] + [self.sets[wf].lm_head for wf in routing.IMAGE_WORKFLOWS]
+        heads = [self.lm_head] + [self.adapters[wf].lm_head for wf in routing.IMAGE_WORKFLOWS]
         logits, gathered_here = None, True
         for workflow_id, head in enumerate(heads):
             idx = (row_workflow == workflow_id).nonzero().squeeze(1)

@@ -14,8 +14,8 @@ from collections.abc import Iterable, Iterator
 import torch
 
 VISION_PREFIX = "model.vision_tower.vision_tower."
-# Per workflow set: (embedding, insertion layers, final norm, LM head, projector).
-SETS = {
+# Per image workflow, its adapter: (embedding, insertion layers, final norm, LM head, projector).
+ADAPTERS = {
     "mm": ("model.embed_tokens_condition", "model.condition_layers",
            "model.norm_condition", "lm_head_condtion", "model.mm_projector"),
     "grounding": ("model.embed_tokens_condition_grounding",
@@ -48,7 +48,7 @@ def language_plan(c) -> dict[str, tuple[int, ...]]:
     plan = {"model.embed_tokens.weight": (v, h), "model.norm.weight": (h,), "lm_head.weight": (v, h)}
     for i in range(c.num_hidden_layers):
         plan.update(decoder_layer_plan(f"model.layers.{i}", c))
-    for embed, layers, norm, head, projector in SETS.values():
+    for embed, layers, norm, head, projector in ADAPTERS.values():
         plan[f"{embed}.weight"] = (v, h)
         plan[f"{norm}.weight"] = (h,)
         plan[f"{head}.weight"] = (v, h)

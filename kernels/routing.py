@@ -5,7 +5,7 @@ public launchers `gather_add` / `scatter_rows_` and the pure-torch references.
 
 What the insertion layer does per workflow (iaa_vllm/insertion.py): gather that
 workflow's rows of vLLM's split stream and add them (stream = h[idx] + r[idx]), run
-the expert on them, and write the results back into the batch's rows. In torch the
+that workflow's layer weights on them, and write the results back into the batch's rows. In torch the
 gather-add is three launches and moves 7 n·H elements (two gathers write n·H each and
 are read again by the add); the fused kernel reads 2 n·H and writes n·H. The
 write-back (`dst[idx] = src`) is one index_put launch in torch already; the kernel

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iaa_vllm.weights import SETS
+from iaa_vllm.weights import ADAPTERS
 from tests.reference import project, read_safetensors
 
 # Single tokens, one image (576 + a text token), and counts that are no multiple of
@@ -75,10 +75,10 @@ def build_projector(sd: dict, prefix: str, dtype: torch.dtype):
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
-@pytest.mark.parametrize("workflow", list(SETS))
+@pytest.mark.parametrize("workflow", list(ADAPTERS))
 def test_projector_matches_reference(vllm_context, tiny_dir, workflow, dtype):
     sd = read_safetensors(tiny_dir, dtype)
-    prefix = SETS[workflow][-1]
+    prefix = ADAPTERS[workflow][-1]
     projector = build_projector(sd, prefix, dtype)
     generator = torch.Generator().manual_seed(0)
     for tokens in TOKEN_COUNTS:
@@ -96,7 +96,7 @@ def test_projector_matches_reference(vllm_context, tiny_dir, workflow, dtype):
 def test_workflows_have_their_own_projector(vllm_context, tiny_dir):
     """mm and grounding load different tensors, so their outputs differ on one input."""
     sd = read_safetensors(tiny_dir)
-    features = torch.randn(3, sd[f"{SETS['mm'][-1]}.0.weight"].shape[1]) * FEATURE_SCALE
+    features = torch.randn(3, sd[f"{ADAPTERS['mm'][-1]}.0.weight"].shape[1]) * FEATURE_SCALE
     with torch.inference_mode():
-        mm, grounding = (build_projector(sd, SETS[wf][-1], torch.float32)(features) for wf in ("mm", "grounding"))
+        mm, grounding = (build_projector(sd, ADAPTERS[wf][-1], torch.float32)(features) for wf in ("mm", "grounding"))
     assert not torch.allclose(mm, grounding)
