@@ -14,6 +14,10 @@ before and after the load.
 
 Without `--base-url` it starts `iaa-vllm serve` on a free loopback port and
 stops it at the end. Writes benchmarks/results/load.json and load.png.
+
+Its pieces are shared: `memory.py` (RSS slope against stock vLLM) and `soak.py`
+(a long run with hung-up streams) use `serve`, `send`, `sustained`,
+`stream_chat`, `metrics` and `wait_idle`; the server tests use the request helpers.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import http.client
 import io
+import itertools
 import json
 import os
 import platform
@@ -33,10 +39,12 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import psutil
@@ -64,7 +72,7 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: float = 1, timeout_s: float = 600):
+def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: int = 1, timeout_s: float = 600):
     """`iaa-vllm serve MODEL` on a free loopback port until /health answers; stopped on exit."""
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_space_gib)}
@@ -134,6 +142,89 @@ def post(base: str, body: dict, path: str = "/v1/chat/completions", timeout: flo
             return error.code, json.loads(raw)
         except ValueError:
             return error.code, {"raw": raw.decode(errors="replace")}
+
+
+def stream_chat(base: str, body: dict, cancel_after: int | None = None, timeout: float = 600) -> dict:
+    """One streamed chat completion; with `cancel_after`, the client hangs up after that many chunks.
+
+    `cancel_after=0` closes the connection as soon as the request is sent, before any
+    token; `None` reads the stream to its end. Returns the HTTP status, the text
+    received, the number of content chunks and whether the stream ended (`[DONE]`).
+    """
+    url = urllib.parse.urlsplit(base)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
+    record = {"status": None, "text": "", "chunks": 0, "done": False}
+    try:
+        connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
+                           {"Content-Type": "application/json"})
+        if cancel_after == 0:
+            return record  # hung up before the response: the server sees a disconnect
+        response = connection.getresponse()
+        record["status"] = response.status
+        if response.status != 200:
+            record["error"] = response.read().decode(errors="replace")
+            return record
+        for line in response:
+            line = line.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                record["done"] = True
+                break
+            delta = (json.loads(data).get("choices") or [{}])[0].get("delta") or {}
+            if delta.get("content"):
+                record["text"] += delta["content"]
+                record["chunks"] += 1
+                if cancel_after is not None and record["chunks"] >= cancel_after:
+                    break  # hang up mid-stream
+        return record
+    finally:
+        with contextlib.suppress(OSError):
+            if connection.sock is not None:
+                connection.sock.shutdown(socket.SHUT_RDWR)  # a FIN now, not when GC closes it
+        connection.close()
+
+
+def metrics(base: str) -> list[tuple[str, dict[str, str], float]]:
+    """The server's Prometheus samples: (name, labels, value)."""
+    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
+        text = response.read().decode()
+    samples = []
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name_labels, _, value = line.rpartition(" ")
+        name, _, labels = name_labels.partition("{")
+        pairs = (pair.split("=", 1) for pair in labels.rstrip("}").split(",") if "=" in pair)
+        with contextlib.suppress(ValueError):
+            samples.append((name, {k: v.strip('"') for k, v in pairs}, float(value)))
+    return samples
+
+
+def metric(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
+    """The sum of `name` over the samples whose labels include `labels`."""
+    return sum(value for n, have, value in samples
+               if n == name and all(have.get(k) == v for k, v in labels.items()))
+
+
+IDLE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+
+
+def wait_idle(base: str, kv_idle: float = 0.0, timeout_s: float = 60) -> dict[str, float]:
+    """The idle gauges, once no request runs or waits and KV usage is back to `kv_idle`.
+
+    Aborts of hung-up streams land a scheduler step after the hang-up, so this
+    polls; after `timeout_s` it returns what it last saw, for the caller to report.
+    """
+    deadline = time.time() + timeout_s
+    while True:
+        samples = metrics(base)
+        gauges = {name: metric(samples, name) for name in IDLE_GAUGES}
+        if (gauges["vllm:num_requests_running"] == 0 and gauges["vllm:num_requests_waiting"] == 0
+                and gauges["vllm:kv_cache_usage_perc"] <= kv_idle) or time.time() > deadline:
+            return gauges
+        time.sleep(0.5)
 
 
 # ---- the workload ---------------------------------------------------------------------------
@@ -223,22 +314,35 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def solo_answers(server: Server, good: dict[str, dict]) -> dict[str, str]:
+    """Each good request alone, greedy: the answer it must give under load too."""
+    solo = {}
+    for name, body in good.items():
+        status, reply = post(server.base, body)
+        if status != 200:
+            raise RuntimeError(f"solo run of {name} failed: {status} {reply}")
+        solo[name] = _answer(reply)
+    return solo
+
+
+def send(server: Server, name: str, body: dict, t0: float, **fields) -> dict:
+    """One request, timed from `t0`; the record that `summarise` reads."""
+    start = time.perf_counter()
+    status, reply = post(server.base, body)
+    end = time.perf_counter()
+    return {**fields, "name": name, "status": status, "start_s": start - t0, "latency_s": end - start,
+            "answer": _answer(reply) if status == 200 else None,
+            "tokens": (reply.get("usage") or {}).get("completion_tokens", 0) if status == 200 else 0,
+            "error": (reply.get("error") or {}).get("message") if status != 200 else None}
+
+
 def _round(server: Server, bodies: dict, plans: list[list[str]], round_index: int, t0: float) -> list[dict]:
     """All clients start together; each sends its plan's requests one after another."""
     barrier = threading.Barrier(len(plans))
 
     def client(plan: list[str]) -> list[dict]:
         barrier.wait()
-        records = []
-        for name in plan:
-            start = time.perf_counter()
-            status, reply = post(server.base, bodies[name])
-            end = time.perf_counter()
-            records.append({"round": round_index, "name": name, "status": status,
-                            "start_s": start - t0, "latency_s": end - start,
-                            "answer": _answer(reply) if status == 200 else None,
-                            "error": (reply.get("error") or {}).get("message") if status != 200 else None})
-        return records
+        return [send(server, name, bodies[name], t0, round=round_index) for name in plan]
 
     with ThreadPoolExecutor(len(plans)) as pool:
         return [r for rs in pool.map(client, plans) for r in rs]
@@ -248,12 +352,7 @@ def run_load(server: Server, clients: int, per_client: int, rounds: int = 1) -> 
     """Solo answers first, then `rounds` rounds of concurrent load; memory after each."""
     good, bad = workload(server.model)
     bodies = {**good, **bad}
-    solo = {}
-    for name, body in good.items():
-        status, reply = post(server.base, body)
-        if status != 200:
-            raise RuntimeError(f"solo run of {name} failed: {status} {reply}")
-        solo[name] = _answer(reply)
+    solo = solo_answers(server, good)
     memory = [server_memory(server.pid)] if server.pid else []
     plans = schedule(good, bad, clients, per_client)
     records, wall_s, t0 = [], 0.0, time.perf_counter()
@@ -270,6 +369,55 @@ def run_load(server: Server, clients: int, per_client: int, rounds: int = 1) -> 
                                  "after_each_round": [m["total"] for m in memory[1:]],
                                  "by_process": memory}
     return summary
+
+
+def sustained(server: Server, job: Callable[[int, float], dict | None], clients: int,
+              sample_s: float) -> tuple[list[dict], list[dict]]:
+    """(records, memory samples): `clients` threads run `job(i, t0)` for i = 0, 1, ... until it returns None.
+
+    A sampler thread reads the server's RSS per process every `sample_s` seconds
+    with the number of finished jobs: `{"t_s", "done", <process>: MiB, ..., "total"}`.
+    The first sample is taken before the load, the last after it.
+    """
+    next_index, finished = itertools.count(), itertools.count(1)
+    done, lock, stop = [0], threading.Lock(), threading.Event()
+    t0 = time.perf_counter()
+    samples = [{"t_s": 0.0, "done": 0, **server_memory(server.pid)}]
+
+    def sample() -> None:
+        with lock:
+            count = done[0]
+        samples.append({"t_s": time.perf_counter() - t0, "done": count, **server_memory(server.pid)})
+
+    def sampler() -> None:
+        while not stop.wait(sample_s):
+            sample()
+
+    def client() -> list[dict]:
+        records = []
+        while (record := job(next(next_index), t0)) is not None:
+            records.append(record)
+            with lock:
+                done[0] = next(finished)
+        return records
+
+    thread = threading.Thread(target=sampler, daemon=True)
+    thread.start()
+    with ThreadPoolExecutor(clients) as pool:
+        records = [r for rs in pool.map(lambda _: client(), range(clients)) for r in rs]
+    stop.set()
+    thread.join()
+    sample()
+    return records, samples
+
+
+def slope_per_1000(samples: list[dict], key: str = "total") -> float:
+    """Least-squares MiB per 1,000 finished requests of `key` over `samples`."""
+    xs = np.array([s["done"] for s in samples], dtype=float)
+    ys = np.array([s.get(key, 0.0) for s in samples], dtype=float)
+    if len(xs) < 2 or np.ptp(xs) == 0:
+        return float("nan")
+    return float(np.polyfit(xs, ys, 1)[0] * 1000)
 
 
 def summarise(records, solo, bad_names, wall_s, clients, per_client) -> dict:
@@ -336,12 +484,16 @@ def plot(summary: dict, path: str, size: tuple[int, int] = (900, 500)) -> None:
 def write_results(summary: dict, name: str = "load") -> tuple[str, str]:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     json_path, png_path = (os.path.join(RESULTS_DIR, f"{name}.{ext}") for ext in ("json", "png"))
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-               "memory_gib": psutil.virtual_memory().total / 2**30}
     with open(json_path, "w") as f:
-        json.dump({**summary, "machine": machine, "passed": passed(summary)}, f, indent=1)
+        json.dump({**summary, "machine": machine(), "passed": passed(summary)}, f, indent=1)
     plot(summary, png_path)
     return json_path, png_path
+
+
+def machine() -> dict:
+    """What the figures ran on; the load average says how much the shared cores were contended."""
+    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "memory_gib": psutil.virtual_memory().total / 2**30, "load_average": os.getloadavg()}
 
 
 def _cpu_name() -> str:
