@@ -3,7 +3,7 @@
 `--clients` threads send requests one after another until the time is up, then
 stop. Slot i of the shared schedule is a bad request when i % `--bad-every` is
 the last of its cycle (the six bad kinds of `load.py` in turn), a streamed chat
-completion that the client hangs up when i % `--cancel-every` == 1 (alternately
+completion that the client hangs up when i % `--cancel-every` == 0 (alternately
 after `--cancel-after` chunks and before the first token; these ask for
 `--cancel-max-tokens` tokens with `ignore_eos`, so they are still generating
 when the client leaves), and otherwise a good greedy request of one of the three
@@ -48,7 +48,7 @@ def long_body(body: dict, max_tokens: int) -> dict:
 def slot_kind(i: int, bad_every: int, cancel_every: int) -> str:
     if i % bad_every == bad_every - 1:
         return "bad"
-    if cancel_every and i % cancel_every == 1:
+    if cancel_every and i % cancel_every == 0:  # even slots: never a bad one when --bad-every is even
         return "cancel"
     return "good"
 
