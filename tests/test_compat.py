@@ -24,3 +24,17 @@ def test_checked_versions_take_their_known_form():
     minor = ".".join(vllm.__version__.split(".")[:2])
     if minor in CHECKED:
         assert compat.PROCESSOR_TOKENIZES_PROMPT is CHECKED[minor]
+
+
+# The versions compat.py's table was checked on -> whether vLLM caps a media download itself.
+DOWNLOADS_CAPPED = {"0.26": False, "0.32": True}
+
+
+def test_media_download_cap_and_launcher_match_the_installed_vllm():
+    import importlib
+
+    minor = ".".join(vllm.__version__.split(".")[:2])
+    if minor in DOWNLOADS_CAPPED:
+        assert compat.MEDIA_DOWNLOADS_CAPPED is DOWNLOADS_CAPPED[minor]
+    launcher = importlib.import_module(compat.API_LAUNCHER_MODULE)
+    assert list(inspect.signature(inspect.unwrap(launcher.terminate_if_errored)).parameters) == ["server", "engine"]

@@ -1,0 +1,76 @@
+"""A dead engine is visible: /health stops answering 200 and `iaa-vllm serve` exits non-zero, promptly.
+
+The test SIGKILLs the engine core process (as the kernel's OOM killer would) of
+a server of its own, one per model: the IAA checkpoint, and the stock Llama cut
+out of it, which `iaa-vllm serve` serves as plain vLLM. Both must behave alike.
+vLLM alone exits 0 here, as after SIGTERM; `iaa-vllm serve` exits
+`ENGINE_DIED_EXIT` so that a supervisor restarting on failure restarts it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import urllib.error
+import urllib.request
+
+import psutil
+import pytest
+
+from benchmarks.load import chat_body, post, serve
+from iaa_vllm.cli import ENGINE_DIED_EXIT
+
+pytestmark = pytest.mark.slow
+
+# Measured on the 2-core CI VM: /health 503 within 0.3 s, exit after 4-7 s (vLLM's
+# watchdog looks every 5 s, then the engine client shuts down). Bounds leave room for load.
+HEALTH_BOUND_S = 10
+EXIT_BOUND_S = 60
+
+
+def _health(base: str) -> int | str:
+    try:
+        with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError as error:  # refused once the server has closed its socket
+        return type(error).__name__
+
+
+@pytest.fixture(scope="module", params=["iaa", "stock llama"])
+def doomed_server(request, tiny_dir, stock_dir):
+    """A server per model, for this module alone: the test kills its engine."""
+    with serve(tiny_dir if request.param == "iaa" else stock_dir, timeout_s=900) as server:
+        yield server
+
+
+def test_engine_death_fails_health_and_exits_nonzero(doomed_server):
+    server = doomed_server
+    status, reply = post(server.base, chat_body(server.model, "Hello", max_tokens=2))
+    assert status == 200, reply
+    api_server = psutil.Process(server.pid)
+    family = api_server.children(recursive=True)
+    cores = [p for p in family if "EngineCore" in p.name()]
+    assert len(cores) == 1, [p.name() for p in family]
+
+    killed = time.monotonic()
+    cores[0].send_signal(signal.SIGKILL)
+    unhealthy_after = exit_code = None
+    while time.monotonic() - killed < EXIT_BOUND_S:
+        if unhealthy_after is None and _health(server.base) != 200:
+            unhealthy_after = time.monotonic() - killed
+        try:
+            exit_code = api_server.wait(timeout=0.25)  # our child: psutil returns its exit code
+            break
+        except psutil.TimeoutExpired:
+            pass
+    exited_after = time.monotonic() - killed
+    print(f"\n{server.model}: /health non-200 after {unhealthy_after} s, exit {exit_code} after {exited_after:.2f} s")
+
+    assert unhealthy_after is not None and unhealthy_after < HEALTH_BOUND_S
+    assert exit_code == ENGINE_DIED_EXIT, f"exit code {exit_code} after {exited_after:.1f} s; log: {server.log}"
+    _, alive = psutil.wait_procs([p for p in family if p.is_running()], timeout=30)
+    assert not alive, f"processes left behind: {alive}"  # nothing holds memory or the port for the restart
+    with open(server.log, encoding="utf-8", errors="replace") as log:
+        assert f"the engine died; exiting {ENGINE_DIED_EXIT}" in log.read()
