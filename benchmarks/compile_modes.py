@@ -40,7 +40,7 @@ from benchmarks import report as report_files  # noqa: E402
 from benchmarks.kv_capacity import versions  # noqa: E402
 
 SIZES = ("tiny", "mid")
-MODES = {"eager": True, "compiled": False}  # mode -> enforce_eager
+MODES = ("eager", "compiled")  # engine_runner.MODES: enforce_eager True / False
 DTYPE = "float32"
 FULL = dict(text_requests=16, text_tokens=48, mixed_per_workflow=4)  # serving.py's tiny workload
 QUICK = dict(text_requests=3, text_tokens=4, mixed_per_workflow=1)
@@ -72,8 +72,8 @@ def _read_config(path: str) -> dict | None:
 
 
 def run_engine(model: str, mode: str, workloads: list[dict], warmup: list[dict]) -> dict:
-    engine = dict(dtype=DTYPE, enforce_eager=MODES[mode], max_model_len=2048, seed=0,
-                  gpu_memory_utilization=0.85, max_num_seqs=256)
+    engine = engine_runner.engine_args(mode, dtype=DTYPE, max_model_len=2048, seed=0,
+                                       gpu_memory_utilization=0.85, max_num_seqs=256)
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as cache:
         env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor")}
         return engine_runner.run_in_child(model, engine, workloads, warmup, env)
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=lambda t: _names(t, SIZES, "size"), default=None,
                         help=f"checkpoint presets, comma-separated (default: {','.join(SIZES)}; tiny with --quick)")
-    parser.add_argument("--modes", type=lambda t: _names(t, tuple(MODES), "mode"), default=list(MODES),
+    parser.add_argument("--modes", type=lambda t: _names(t, MODES, "mode"), default=list(MODES),
                         help="eager (enforce_eager=True), compiled (vLLM's default); comma-separated")
     parser.add_argument("--repeat", type=int, default=None, help="runs per workload, the fastest counts (default 3)")
     parser.add_argument("--quick", action="store_true", help="tiny only, 3 short requests, 1 run (CI smoke run)")
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
         "settings": {**cfg, "repeat": repeat, "dtype": DTYPE, "max_model_len": 2048,
                      "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
-                     "modes": {m: {"enforce_eager": MODES[m]} for m in args.modes},
+                     "modes": {m: engine_runner.MODES[m] for m in args.modes},
                      "compile_cache": "fresh per engine (cold start)"},
         "results": results,
         "iaa_text_ids_eager_vs_compiled_identical": across,

@@ -1,7 +1,8 @@
 """One vLLM engine in its own process: start it, run timed workloads, report JSON.
 
-The serving benchmarks (benchmarks/serving.py) start one child per model, so every
-engine gets a fresh process and its memory back on exit. A child reads a spec
+The benchmarks (serving.py, compile_modes.py, gpu/run.py) start one child per
+engine, so every engine gets a fresh process and its memory back on exit. A child
+reads a spec
 
     {"model": DIR, "engine": {vLLM engine args}, "warmup": [requests],
      "workloads": [{"name": ..., "mode": "sequential" | "concurrent", "requests": [...]}]}
@@ -9,25 +10,66 @@ engine gets a fresh process and its memory back on exit. A child reads a spec
 where a request is {"prompt": str, "image": [width, height, seed] | null,
 "workflow": str | null, "max_tokens": int}. It runs them through vLLM's AsyncLLM
 (what `vllm serve` runs) and writes, per request, latency and time to first token
-from submission, and the output token ids.
+from submission, and the output token ids. It rewrites OUT.json after the start
+and after every workload, so a child killed at a deadline still leaves what it
+finished.
 
     python benchmarks/engine_runner.py SPEC.json OUT.json
 
 `run_in_child` is the parent's side: it writes the spec, runs the child and reads
-its report back.
+its report back. `engine_args` turns an execution mode into vLLM engine args.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report as report_files  # noqa: E402
+
+# Execution modes -> vLLM engine args. `compiled` is vLLM's default: torch.compile
+# on CPU (DYNAMO_TRACE_ONCE + inductor), torch.compile + CUDA graphs on a GPU.
+# `piecewise` is the GPU default of IAA engines (its config hook picks PIECEWISE
+# when no cudagraph_mode is given), asked for explicitly from other models so that
+# stock Llama and LLaVA run in the same mode as IAA.
+MODES = {
+    "eager": {"enforce_eager": True},
+    "compiled": {"enforce_eager": False},
+    "piecewise": {"enforce_eager": False, "compilation_config": {"cudagraph_mode": "PIECEWISE"}},
+}
+
+
+def engine_args(mode: str, iaa: bool = False, **settings) -> dict:
+    """vLLM engine args for execution `mode` plus `settings` (dtype, max_model_len, ...).
+    `iaa`: an IAA engine, whose `piecewise` comes from its config hook, not from an arg."""
+    if mode not in MODES:
+        raise ValueError(f"unknown execution mode {mode!r}; valid: {', '.join(MODES)}")
+    args = dict(MODES[mode])
+    if iaa and mode == "piecewise":
+        args.pop("compilation_config")  # the hook's default is what is being run
+    return {**settings, **args}
+
+
+class EngineFailed(RuntimeError):
+    """The child exited with an error; `partial` is what it reported before that."""
+
+    def __init__(self, message: str, partial: dict | None):
+        super().__init__(message)
+        self.partial = partial
+
+
+@functools.lru_cache(maxsize=64)  # an image asked about twice (MME: 2 questions each) is drawn once
 def make_image(width: int, height: int, seed: int):
     """Random RGB pixels: MME-sized photos, without the dataset."""
     import numpy as np
@@ -82,54 +124,128 @@ async def run_workload(engine, workload: dict) -> dict:
     return {**fastest, "all_wall_s": [run["wall_s"] for run in runs]}
 
 
-async def run(spec: dict) -> dict:
+def versions() -> dict:
+    """What this process runs on: device, vLLM, torch (recorded beside every result)."""
+    import platform
+
+    import torch
+    import vllm
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+    return {"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def cpu_name() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+async def run(spec: dict, save=lambda report: None) -> dict:
+    """Start the engine, run warm-up and workloads; `save(report)` after each stage."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
     start = time.perf_counter()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=spec["model"], **spec["engine"]))
-    report = {"start_s": time.perf_counter() - start}
+    report = {"start_s": time.perf_counter() - start, "versions": versions(), "workloads": {}}
     try:
         cache = engine.vllm_config.cache_config
         report["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
         # What the platform resolved: on CPU, enforce_eager=False becomes DYNAMO_TRACE_ONCE +
-        # inductor. The backend is only used when the mode is not NONE.
+        # inductor and no CUDA graphs. The backend is only used when the mode is not NONE.
         compilation = engine.vllm_config.compilation_config
-        report["compilation"] = {"mode": compilation.mode.name, "backend": compilation.backend}
+        graphs = compilation.cudagraph_mode
+        report["compilation"] = {"mode": compilation.mode.name, "backend": compilation.backend,
+                                 "cudagraph_mode": graphs.name if graphs is not None else None}
+        save(report)
         for i, request in enumerate(spec.get("warmup", [])):
             await run_one(engine, request, f"warmup-{i}")
-        report["workloads"] = {w["name"]: await run_workload(engine, w) for w in spec["workloads"]}
+        report["warmup_s"] = time.perf_counter() - start - report["start_s"]
+        for w in spec["workloads"]:
+            report["workloads"][w["name"]] = await run_workload(engine, w)
+            save(report)
     finally:
         engine.shutdown()
     return report
 
 
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[dict],
-                 env: dict[str, str] | None = None) -> dict:
+                 env: dict[str, str] | None = None, timeout_s: float | None = None,
+                 log_path: str | None = None) -> dict:
     """Start an engine on `model` with vLLM engine args `engine` in a fresh process
-    (extra environment `env`), run the warm-up and the workloads, return the child's report."""
+    (extra environment `env`), run the warm-up and the workloads, return the child's report.
+
+    `timeout_s`: after that long the child and every process it started (vLLM's
+    engine core) are killed, and the report holds what it finished, with
+    `timed_out: true`. `log_path`: where the child's stdout and stderr go (default:
+    a temporary file, whose tail is in the error). Raises EngineFailed on a
+    non-zero exit.
+    """
     spec = {"model": model, "engine": engine, "warmup": warmup, "workloads": workloads}
     with tempfile.TemporaryDirectory() as tmp:
         spec_path, out_path = os.path.join(tmp, "spec.json"), os.path.join(tmp, "out.json")
+        log_path = log_path or os.path.join(tmp, "engine.log")
         with open(spec_path, "w", encoding="utf-8") as f:
             json.dump(spec, f)
         # vLLM's CPU default (4 GiB of KV) is more than the benchmarks need on a small machine.
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), spec_path, out_path], env=env,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"engine on {model} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-        with open(out_path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(log_path, "w", encoding="utf-8") as log:
+            # Its own process group: on a timeout the whole group goes, engine core
+            # included, so the next engine gets the GPU memory back.
+            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), spec_path, out_path], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, process_group=0)
+            try:
+                code = proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                _kill_group(proc)
+                return {**(_read_json(out_path) or {}), "timed_out": True, "timeout_s": timeout_s}
+            except BaseException:  # the parent was interrupted: leave no engine behind
+                _kill_group(proc)
+                raise
+        report = _read_json(out_path)
+        if code != 0:
+            with open(log_path, encoding="utf-8", errors="replace") as f:
+                tail = f.read()[-4000:]
+            raise EngineFailed(f"engine on {model} failed (exit {code}):\n{tail}", report)
+        return report
+
+
+def _kill_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
+    """SIGTERM to the child's process group (vLLM's engine core too), SIGKILL to
+    whatever is left after `grace_s`; returns once the group is gone."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the child: a zombie still counts as a member of the group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.5)
 
 
 def main(argv: list[str]) -> int:
     spec_path, out_path = argv
     with open(spec_path, encoding="utf-8") as f:
         spec = json.load(f)
-    report = asyncio.run(run(spec))
-    with open(out_path, "w", encoding="utf-8") as f:
-        json.dump(report, f)
+    report = asyncio.run(run(spec, save=lambda partial: report_files.write_json(out_path, partial)))
+    report_files.write_json(out_path, report)
     return 0
 
 

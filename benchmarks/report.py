@@ -24,13 +24,19 @@ def gpu_args(doc: str, needs: str, argv: list[str] | None) -> argparse.Namespace
     return args
 
 
+def write_json(path: str, data: dict) -> None:
+    """Whole or not at all: a reader (or a run killed mid-write) never sees half a file."""
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2)
+        f.write("\n")
+    os.replace(path + ".tmp", path)
+
+
 def write(out_dir: str, stem: str, report: dict, plot: Callable[[dict, str], None]) -> str:
     """Write the report as JSON and draw its plot; returns the common path stem."""
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, stem)
-    with open(base + ".json", "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
+    write_json(base + ".json", report)
     plot(report, base + ".png")
     print(f"wrote {base}.json and .png")
     return base

@@ -67,10 +67,13 @@ MODES = {
 }
 
 
-def mme_requests(n: int, workflow: str | None, seed: int = 0) -> list[dict]:
+def mme_requests(n: int, workflow: str | None, seed: int = 0, per_image: int = 1) -> list[dict]:
+    """`n` MME-shaped requests, `per_image` questions about each random image (the
+    dataset asks 2 about each of its 1,187 images), images seeded from `seed`."""
     mme = [build_prompt(q + MME_SUFFIX, with_image=True) for q in MME_QUESTIONS]
-    return [{"prompt": mme[i % len(mme)], "image": [*MME_SIZES[i % len(MME_SIZES)], seed + i],
-             "workflow": workflow, "max_tokens": 3} for i in range(n)]
+    images = [(*MME_SIZES[k % len(MME_SIZES)], seed + k) for k in range(-(-n // per_image))]
+    return [{"prompt": mme[i % len(mme)], "image": [*images[i // per_image]], "workflow": workflow, "max_tokens": 3}
+            for i in range(n)]
 
 
 def text_requests(n: int, max_tokens: int, workflow: str | None = "text") -> list[dict]:
@@ -88,31 +91,43 @@ def mixed_requests(per_workflow: int, max_tokens: int) -> dict[str, list[dict]]:
     return {"mixed": interleaved, "text_alone": text, "mm_alone": mm, "grounding_alone": grounding}
 
 
+def write_iaa(path: str, preset: str, dtype: str, dummy: bool) -> str:
+    """An IAA checkpoint of `preset` at `path` (config and tokenizer only when `dummy`:
+    vLLM's dummy weights); kept when a config.json is already there."""
+    from iaa_vllm import checkpoint
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        checkpoint.write_checkpoint(path, preset, dtype, config_only=dummy, overwrite=True, progress=False)
+    return path
+
+
+def write_stock(iaa_dir: str, path: str, dummy: bool) -> str:
+    """The stock Llama of the IAA checkpoint `iaa_dir` at `path`: its frozen weights cut
+    out, or, when `dummy`, the Llama config and tokenizer only."""
+    from benchmarks.stock_llama import llama_config, write_stock_llama
+    from iaa_vllm import tokenizer
+
+    if os.path.isfile(os.path.join(path, "config.json")):
+        return path
+    if not dummy:
+        return write_stock_llama(iaa_dir, path)
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(iaa_dir, "config.json"), encoding="utf-8") as f:
+        config = llama_config(json.load(f))
+    with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+    tokenizer.save_tokenizer(path)
+    return path
+
+
 def write_models(mode: str, root: str) -> dict[str, str]:
     """Model directories for the mode, written once under `root`."""
     from benchmarks.llava_checkpoint import write_llava
-    from benchmarks.stock_llama import llama_config, write_stock_llama
-    from iaa_vllm import checkpoint, tokenizer
 
     cfg = MODES[mode]
-    dirs = {}
-    for preset in cfg["iaa"]:
-        path = dirs[f"iaa:{preset}"] = os.path.join(root, f"iaa-{preset}")
-        if not os.path.isfile(os.path.join(path, "config.json")):
-            checkpoint.write_checkpoint(path, preset, cfg["dtype"], config_only=cfg["load_format"] == "dummy",
-                                        overwrite=True)
-    stock = dirs["llama"] = os.path.join(root, "llama")
-    if not os.path.isfile(os.path.join(stock, "config.json")):
-        source = dirs[f"iaa:{cfg['iaa'][0]}"]
-        if cfg["load_format"] == "dummy":  # config and tokenizer only
-            os.makedirs(stock, exist_ok=True)
-            with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
-                config = llama_config(json.load(f))
-            with open(os.path.join(stock, "config.json"), "w", encoding="utf-8") as f:
-                json.dump(config, f, indent=2)
-            tokenizer.save_tokenizer(stock)
-        else:
-            write_stock_llama(source, stock)
+    dummy = cfg["load_format"] == "dummy"
+    dirs = {f"iaa:{p}": write_iaa(os.path.join(root, f"iaa-{p}"), p, cfg["dtype"], dummy) for p in cfg["iaa"]}
+    dirs["llama"] = write_stock(dirs[f"iaa:{cfg['iaa'][0]}"], os.path.join(root, "llama"), dummy)
     for name in cfg["llava"]:
         path = dirs[f"llava:{name}"] = os.path.join(root, f"llava-{name}")
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -122,8 +137,8 @@ def write_models(mode: str, root: str) -> dict[str, str]:
 
 def run_engine(model_dir: str, mode: str, workloads: list[dict], warmup: list[dict]) -> dict:
     cfg = MODES[mode]
-    engine = dict(dtype=cfg["dtype"], enforce_eager=True, max_model_len=cfg["max_model_len"], seed=0,
-                  load_format=cfg["load_format"], gpu_memory_utilization=0.85, max_num_seqs=256)
+    engine = engine_runner.engine_args("eager", dtype=cfg["dtype"], max_model_len=cfg["max_model_len"], seed=0,
+                                       load_format=cfg["load_format"], gpu_memory_utilization=0.85, max_num_seqs=256)
     return engine_runner.run_in_child(model_dir, engine, workloads, warmup)
 
 
@@ -196,12 +211,16 @@ def _weight_gb(model: shapes.Model, dtype: str) -> float:
     return model.weight_params() * (4 if dtype == "float32" else 2) / 1e9
 
 
+def request_gflop(model: shapes.Model, latency: dict) -> float:
+    """GFLOPs of one request of a `summarise_latency` workload (3 output tokens)."""
+    return model.request_flops(round(latency["prompt_tokens"]), 3) / 1e9
+
+
 def _model_entry(model: shapes.Model, result: dict, dtype: str) -> dict:
     batch1 = summarise_latency(result["workloads"]["mme_batch1"])
     return {"kv_tokens": result["kv_tokens"], "start_s": result["start_s"], "mme_batch1": batch1,
             "mme_concurrent": summarise_latency(result["workloads"]["mme_concurrent"]),
-            "request_gflop": model.request_flops(round(batch1["prompt_tokens"]), 3) / 1e9,
-            "weight_gb": _weight_gb(model, dtype)}
+            "request_gflop": request_gflop(model, batch1), "weight_gb": _weight_gb(model, dtype)}
 
 
 def _text_path(iaa_text: dict, stock_text: dict) -> dict:

@@ -17,7 +17,7 @@ VLLM026_TESTS=(
     tests/test_routing.py tests/test_config_hook.py tests/test_registration.py
     tests/test_processing.py tests/test_config.py tests/test_weights.py
     tests/test_runner_v1.py tests/test_runner_v2.py tests/test_tokenizer.py
-    tests/test_reference.py tests/test_compat.py
+    tests/test_reference.py tests/test_compat.py tests/test_benchmarks_gpu.py
 )
 
 VLLM=0.32
