@@ -17,6 +17,11 @@ spread comes from `--runs` independent runs (a fresh server each) and, within ea
 run, from `--segments` consecutive slices of the post-warm-up samples fitted
 alone. Every answer is checked against its solo (greedy) run.
 
+The worker's RSS rises in steps and levels off (glibc keeps its heap's high-water
+mark): on the tiny checkpoint, over the first ~15,000 mixed requests. A run of
+10,000 with the default warm-up of 2,000 compares the three configurations on
+that rise; `--requests 30000 --warmup 15000` fits the plateau instead.
+
     .venv/bin/python benchmarks/memory.py --model checkpoints/tiny          # 3 configurations x 2 runs x 10,000
     .venv/bin/python benchmarks/memory.py --model checkpoints/tiny --quick  # 1 run x 1,000 requests each
 
