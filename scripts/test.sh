@@ -9,21 +9,26 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The second supported vLLM (iaa_vllm/compat.py): the model, its routing and
-# admission on the real engine, and the modules that touch vLLM interfaces.
-# Left out: serving, Ray, eval and benchmark tests (not in the 0.26 env: no Ray)
-# and the kernel tests (no vLLM interface).
+# admission on the real engine, the modules that touch vLLM interfaces, and the
+# GPU command's CPU smoke (0.26 is the vLLM the GPU host runs).
+# Left out: serving, Ray, eval and the other benchmark tests (not in the 0.26 env:
+# no Ray) and the kernel tests (no vLLM interface).
 VLLM026_TESTS=(
     tests/test_model.py tests/test_model_eager.py tests/test_admission.py
     tests/test_routing.py tests/test_config_hook.py tests/test_registration.py
     tests/test_processing.py tests/test_config.py tests/test_weights.py
     tests/test_runner_v1.py tests/test_runner_v2.py tests/test_tokenizer.py
     tests/test_reference.py tests/test_compat.py tests/test_benchmarks_gpu.py
+    tests/test_projector.py
 )
+# The GPU command's CPU smoke (four engine starts) runs once in CI, on 0.26 above;
+# on 0.32 its fast tests run. Give a target to run it there too.
+NOT_ON_032=(-m "not gpu_smoke")
 
 VLLM=0.32
 if [[ "${1:-}" == "--vllm" ]]; then VLLM="${2:-}"; shift 2; fi
 case "$VLLM" in
-    0.32) VENV=.venv; DEFAULT=(tests) ;;
+    0.32) VENV=.venv; DEFAULT=(tests "${NOT_ON_032[@]}") ;;
     0.26) VENV=.venv-vllm0.26; DEFAULT=("${VLLM026_TESTS[@]}") ;;
     *) echo "test: unsupported --vllm '$VLLM' (valid: 0.32, 0.26)" >&2; exit 2 ;;
 esac

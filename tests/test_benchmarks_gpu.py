@@ -129,6 +129,7 @@ def smoke(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_every_step_ran_and_every_check_holds(smoke):
     assert smoke["finished"] and smoke["trusted"] and list(smoke["steps"]) == STEP_KEYS
     expected = {
@@ -148,6 +149,7 @@ def test_every_step_ran_and_every_check_holds(smoke):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_each_step_records_where_it_ran(smoke):
     import torch
     import vllm
@@ -163,6 +165,7 @@ def test_each_step_records_where_it_ran(smoke):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_engines_are_shared_and_run_the_mode_asked(smoke):
     engines = smoke["engines"]
     assert set(engines) == {"tiny-iaa.compiled", "tiny-llama.compiled", "tiny-llava.compiled", "tiny-iaa.eager"}
@@ -179,6 +182,7 @@ def test_engines_are_shared_and_run_the_mode_asked(smoke):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_smoke_serves_three_workflows_and_text_equals_stock(smoke):
     counts = targets.TARGETS["cpu-smoke"].counts
     result = smoke["steps"]["2_smoke"]["result"]
@@ -192,6 +196,7 @@ def test_smoke_serves_three_workflows_and_text_equals_stock(smoke):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_real_shape_pairs_report_latency_beside_flops(smoke):
     counts = targets.TARGETS["cpu-smoke"].counts
     pairs = smoke["steps"]["3_real_shapes"]["result"]["pairs"]
@@ -214,6 +219,7 @@ def test_real_shape_pairs_report_latency_beside_flops(smoke):
 
 
 @pytest.mark.slow
+@pytest.mark.gpu_smoke
 def test_text_path_and_modes_and_mme_full(smoke):
     counts = targets.TARGETS["cpu-smoke"].counts
     text = smoke["steps"]["4_text_vs_stock"]["result"]
