@@ -1,4 +1,4 @@
-"""benchmarks/gpu/: the prepared GPU command (issue 12).
+"""benchmarks/gpu/: the prepared GPU command.
 
 The slow test runs `bash benchmarks/gpu/run.sh --cpu-smoke OUT` end to end with this
 test's python (four tiny engines: IAA compiled and eager, the stock Llama cut out of

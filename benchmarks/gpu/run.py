@@ -1,4 +1,4 @@
-"""The prepared GPU command (issue 12): the checks and benchmarks a GPU session runs
+"""The prepared GPU command: the checks and benchmarks a GPU session runs
 in one call of at most 10 minutes, in priority order, under one deadline.
 
     bash benchmarks/gpu/run.sh OUTDIR                # the GPU host (unpacks .gpu/ first)
@@ -262,7 +262,7 @@ class Run:
         self.save()
 
     def _where(self, engines: dict | None = None) -> dict:
-        """What a step ran on: device, versions and modes (issue 12 asks for them per step)."""
+        """What a step ran on: device, versions and modes (recorded per step, so each number names its setup)."""
         env = dict(self.report["environment"])
         for name in engines or {}:
             env.update(self.report["engines"].get(name, {}).get("versions", {}))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The prepared GPU command (issue 12): one call, at most 10 minutes, JSON after every step.
+# The prepared GPU command: one call, at most 10 minutes, JSON after every step.
 #
 #   bash benchmarks/gpu/run.sh OUTDIR [run.py options]              # the GPU host
 #   bash benchmarks/gpu/run.sh --cpu-smoke OUTDIR [run.py options]  # CPU, tiny stand-ins (CI)

@@ -65,7 +65,7 @@ TARGETS = {
             "llava-8b": Model("llava-llama3-8b", "llava", "llava-llama3-8b", dummy=True),
             "stock-8b": Model("llama-3-8b", "llama", "iaa-8", dummy=True),
         },
-        # MME batch 1: >= 20 measured requests after warm-up (issue 12); text: 128
+        # MME batch 1: >= 20 measured requests after warm-up; text: 128
         # tokens per request, batch 1 and 32; the whole MME: 2,374 questions.
         counts=dict(mme_batch1=30, mme_warmup=3, text_tokens=128, text_b1=4, text_b32=32, repeat=3,
                     smoke_per_workflow=2, smoke_tokens=16, mme_full=2374),
