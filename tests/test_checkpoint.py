@@ -113,6 +113,7 @@ def test_workflow_tables_differ(tiny):
 def test_same_seed_same_bytes(tiny, tmp_path):
     path, info, _ = tiny
     again = C.write_checkpoint(tmp_path / "again", preset="tiny", seed=0, progress=False)
+    assert again.shards == info.shards
     for file in info.shards + [C.INDEX_FILE, "config.json", "tokenizer.json"]:
         assert (path / file).read_bytes() == (tmp_path / "again" / file).read_bytes(), file
     other = C.write_checkpoint(tmp_path / "other", preset="tiny", seed=1, dtype="bfloat16",
