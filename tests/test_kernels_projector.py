@@ -90,7 +90,7 @@ def kernel_outputs(tmp_path_factory) -> dict:
     # One BLAS thread: the interpreter's thousands of small numpy dots are many times
     # slower with threaded BLAS on 2 cores.
     env = {**os.environ, "TRITON_INTERPRET": "1", "OPENBLAS_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tests.test_kernels", path], cwd=REPO, env=env,
+    proc = subprocess.run([sys.executable, "-m", "tests.test_kernels_projector", path], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         pytest.fail(f"interpreter child failed (exit {proc.returncode}):\n"
