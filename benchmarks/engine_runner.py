@@ -131,19 +131,9 @@ def versions() -> dict:
     import torch
     import vllm
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu_name()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else report_files.cpu_name()
     return {"device": device, "vllm": vllm.__version__, "torch": torch.__version__,
             "python": platform.python_version()}
-
-
-def cpu_name() -> str:
-    import platform
-
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 async def run(spec: dict, save=lambda report: None) -> dict:

@@ -27,6 +27,7 @@ import time
 if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import report as report_files  # noqa: E402
 from benchmarks.stock_llama import write_stock_llama  # noqa: E402
 
 RESULT_TAG = "KV_CAPACITY_RESULT "
@@ -76,14 +77,6 @@ def analytic_ratios(num_layers: int, num_depths: int) -> dict:
             "unshared": num_layers / (num_layers + 2 * num_depths)}
 
 
-def cpu_name() -> str:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return "unknown"
-
-
 def main(args: argparse.Namespace) -> int:
     from iaa_vllm.checkpoint import PRESETS, write_checkpoint
 
@@ -115,7 +108,7 @@ def main(args: argparse.Namespace) -> int:
     stock, iaa = results["stock_llama"], results["iaa"]
     report = {
         # Start times are mostly process spawn and imports: the load average says how busy the machine was.
-        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
+        "machine": {"cpu": report_files.cpu_name(), "cores": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
                     **versions()},
         "settings": {"VLLM_CPU_KVCACHE_SPACE_gib": args.kv_space_gib, "dtype": args.dtype, **ENGINE_ARGS},
         "checkpoint": {"path": args.model, "num_layers": num_layers, "insertion_depths": num_depths},

@@ -30,7 +30,6 @@ import io
 import itertools
 import json
 import os
-import platform
 import socket
 import struct
 import subprocess
@@ -49,6 +48,11 @@ from typing import Callable
 import numpy as np
 import psutil
 from PIL import Image, ImageDraw
+
+if not __package__:  # run as a script: make `benchmarks` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import report  # noqa: E402
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048"]
@@ -485,23 +489,9 @@ def write_results(summary: dict, name: str = "load") -> tuple[str, str]:
     os.makedirs(RESULTS_DIR, exist_ok=True)
     json_path, png_path = (os.path.join(RESULTS_DIR, f"{name}.{ext}") for ext in ("json", "png"))
     with open(json_path, "w") as f:
-        json.dump({**summary, "machine": machine(), "passed": passed(summary)}, f, indent=1)
+        json.dump({**summary, "machine": report.machine(), "passed": passed(summary)}, f, indent=1)
     plot(summary, png_path)
     return json_path, png_path
-
-
-def machine() -> dict:
-    """What the figures ran on; the load average says how much the shared cores were contended."""
-    return {"cpu": _cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
-            "memory_gib": psutil.virtual_memory().total / 2**30, "load_average": os.getloadavg()}
-
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def main(argv: list[str] | None = None) -> int:

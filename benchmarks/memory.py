@@ -189,10 +189,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--warmup ({args.warmup}) must be below --requests ({args.requests})")
 
     models = checkpoints(args)
-    start_machine = load.machine()
+    start_machine = report.machine()
     runs = [measure(config, models[config], args, run) for config in args.configs for run in range(args.runs)]
     result = {"options": {k: v for k, v in vars(args).items()}, "command": " ".join(sys.argv),
-              "machine_at_start": start_machine, "machine": load.machine(),
+              "machine_at_start": start_machine, "machine": report.machine(),
               "slopes": summarise(runs), "failures": sum(r["failures"] for r in runs), "runs": runs}
     report.write(args.out, args.stem, result, plot)
     for config, by_process in result["slopes"].items():

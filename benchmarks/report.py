@@ -5,8 +5,25 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import sys
 from typing import Callable
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    """What the figures ran on; the load average says how much shared cores were contended."""
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "memory_gib": memory / 2**30, "load_average": os.getloadavg()}
+
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -357,18 +357,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine() -> dict:
-    import platform
-
     import torch
 
-    found = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            found["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return found
+    return {**report_files.machine(), "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 if __name__ == "__main__":

@@ -225,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
         context = contextlib.nullcontext(load.Server(args.base_url.rstrip("/"), model, args.pid))
     else:
         context = load.serve(args.model, kv_space_gib=args.kv_space_gib)
-    machine_at_start = load.machine()
+    machine_at_start = report.machine()
     with context as server:
         summary = run_soak(server, args.minutes * 60, args.clients, args.window_minutes * 60,
                            args.warmup_minutes * 60, args.bad_every, args.cancel_every, args.cancel_after,
                            args.cancel_max_tokens, args.sample_s)
     result = {**summary, "passed": passed(summary), "options": vars(args), "command": " ".join(sys.argv),
-              "machine_at_start": machine_at_start, "machine": load.machine()}
+              "machine_at_start": machine_at_start, "machine": report.machine()}
     report.write(args.out, args.stem, result, plot)
     brief = {k: v for k, v in result.items() if k not in ("records", "samples", "options", "rss_mib")}
     print(json.dumps(brief, indent=1))
