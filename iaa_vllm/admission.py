@@ -235,6 +235,13 @@ def _clear_fetch_error(url: str, error: Exception) -> Exception | None:
     return ImageFetchError(message)
 
 
+def _raise_clear_fetch_error(url: str, error: Exception) -> None:
+    """Raise the clear error for a failed image download; return to let vLLM's own through."""
+    clear = _clear_fetch_error(url, error)
+    if clear is not None:
+        raise clear from None
+
+
 def _refuse_local_files(connector, url: str) -> None:
     # vLLM raises a RuntimeError here (a 500); the URL is the client's to fix
     if url.partition(":")[0].lower() == "file" and connector.allowed_local_media_path is None:
@@ -251,10 +258,8 @@ def _explain_fetch_failures(fetch_image):
         try:
             return fetch_image(self, image_url, *args, **kwargs)
         except Exception as error:
-            clear = _clear_fetch_error(image_url, error)
-            if clear is None:
-                raise
-            raise clear from None
+            _raise_clear_fetch_error(image_url, error)
+            raise
 
     guarded._iaa_admission = True
     return guarded
@@ -269,10 +274,8 @@ def _explain_async_fetch_failures(fetch_image_async):
         try:
             return await fetch_image_async(self, image_url, *args, **kwargs)
         except Exception as error:
-            clear = _clear_fetch_error(image_url, error)
-            if clear is None:
-                raise
-            raise clear from None
+            _raise_clear_fetch_error(image_url, error)
+            raise
 
     guarded._iaa_admission = True
     return guarded
