@@ -20,7 +20,8 @@ import transformers
 
 from benchmarks import shapes
 from benchmarks.stock_llama import is_frozen
-from iaa_vllm import checkpoint, clip_defaults, tokenizer
+from iaa_vllm import checkpoint, tokenizer
+from iaa_vllm.engine import clip_defaults
 
 
 def config(name: str, dtype: str) -> dict:

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-if not __package__:  # run as a script: make `kernels` importable
+if not __package__:  # run as a script: make `iaa_kernels` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -66,7 +66,7 @@ def time_ms(fn, on_gpu: bool, repeats: int) -> float:
 def run(shapes: dict, on_gpu: bool, repeats: int) -> list[dict]:
     import torch
 
-    from kernels import projector
+    from iaa_kernels import projector
 
     device = "cuda" if on_gpu else "cpu"
     dtype = getattr(torch, shapes["dtype"])
@@ -98,7 +98,7 @@ def sweep(shapes: dict) -> list[dict]:
     """Time `_fused` under every SWEEP tile config at each shape (GPU only)."""
     import torch
 
-    from kernels import projector
+    from iaa_kernels import projector
 
     dtype = getattr(torch, shapes["dtype"])
     found = []

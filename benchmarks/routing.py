@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-if not __package__:  # run as a script: make `kernels` importable
+if not __package__:  # run as a script: make `iaa_kernels` importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import report as report_files  # noqa: E402
@@ -39,7 +39,7 @@ def run() -> list[dict]:
     import torch
     import triton.testing
 
-    from kernels import routing
+    from iaa_kernels import routing
 
     bench = lambda fn: triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")  # noqa: E731
     rows = []

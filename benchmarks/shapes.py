@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from iaa_vllm import checkpoint, clip_defaults
+from iaa_vllm import checkpoint
+from iaa_vllm.engine import clip_defaults
 
 IMAGE_TOKENS = 576
 

@@ -1,25 +1,11 @@
-"""vLLM plugin for the IAA (Inner-Adaptor Architecture) multimodal model."""
+"""vLLM plugin for the IAA (Inner-Adaptor Architecture) multimodal model.
 
-ARCHITECTURE = "IAALlamaForCausalLM"
-MODEL_TYPE = "IAA"
-# Where a request names its workflow: `SamplingParams.extra_args` offline, `vllm_xargs`
-# in an OpenAI request. Here, not in routing.py, so the client needs no vLLM import.
-EXTRA_ARGS_KEY = "iaa_workflow"
+Two layers (docs/design.md §6):
+- `iaa_vllm.engine`: what vLLM loads, the model, its routing and its hooks;
+- the modules here: what people run, the CLI, checkpoint writer, demo, eval and
+  client. They import from `engine`, never the other way round.
+"""
 
+from iaa_vllm.engine.names import ARCHITECTURE, EXTRA_ARGS_KEY, MODEL_TYPE
 
-def register() -> None:
-    """vLLM `general_plugins` entry point: runs in every vLLM process.
-
-    Lazy and idempotent: only string references and light imports here.
-    """
-    from vllm import ModelRegistry
-
-    if ARCHITECTURE not in ModelRegistry.get_supported_archs():
-        ModelRegistry.register_model(ARCHITECTURE, "iaa_vllm.model:IAALlamaForCausalLM")
-
-    from iaa_vllm import admission, config_hook
-    from iaa_vllm.config import register_config
-
-    register_config()
-    config_hook.install()
-    admission.install()
+__all__ = ["ARCHITECTURE", "EXTRA_ARGS_KEY", "MODEL_TYPE"]

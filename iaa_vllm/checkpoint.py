@@ -19,8 +19,9 @@ import transformers
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from iaa_vllm import ARCHITECTURE, MODEL_TYPE, clip_defaults, tokenizer, weights
-from iaa_vllm.config import RELEASE_INSERTION_LAYERS
+from iaa_vllm import ARCHITECTURE, MODEL_TYPE, tokenizer
+from iaa_vllm.engine import clip_defaults, weights
+from iaa_vllm.engine.config import RELEASE_INSERTION_LAYERS
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 STD = 0.02  # matrices and embeddings, as Llama's initializer_range

@@ -14,13 +14,12 @@ import importlib.resources
 import json
 import os
 
-from iaa_vllm.config import IMAGE_TOKEN_ID
+from iaa_vllm.engine.config import IMAGE_TOKEN, IMAGE_TOKEN_ID
 
 BOS_TOKEN = "<|begin_of_text|>"
 BOS_TOKEN_ID = 128000
 EOT_TOKEN = "<|eot_id|>"
 EOT_TOKEN_ID = 128009
-IMAGE_TOKEN = "<|reserved_special_token_44|>"  # id IMAGE_TOKEN_ID, imported from config above
 NUM_BASE_TOKENS = 128000
 VOCAB_SIZE = 128256
 MODEL_MAX_LENGTH = 8192

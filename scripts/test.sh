@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# The second supported vLLM (iaa_vllm/compat.py): the model, its routing and
+# The second supported vLLM (iaa_vllm/engine/compat.py): the model, its routing and
 # admission on the real engine, the modules that touch vLLM interfaces, and the
 # GPU command's CPU smoke (0.26 is the vLLM the GPU host runs).
 # Left out: serving, Ray, eval and the other benchmark tests (not in the 0.26 env:

@@ -12,7 +12,7 @@ import pytest
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from iaa_vllm.admission import SALT_PREFIX, admit
+from iaa_vllm.engine.admission import SALT_PREFIX, admit
 from iaa_vllm.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_ID, build_prompt
 from tests import engines
 from tests.engines import image_request, text_request
@@ -107,7 +107,7 @@ def _http_status(error: Exception) -> int:
 def origin():
     from benchmarks.load import noise_image, png_bytes
 
-    from iaa_vllm import admission
+    from iaa_vllm.engine import admission
 
     admission.install()  # what the plugin entry point does in a server
     served = MediaOrigin(png_bytes(noise_image(64, 48, 1)))
@@ -168,7 +168,7 @@ def test_fetch_patches_are_idempotent_and_match_the_installed_vllm():
     from vllm.connections import HTTPConnection
     from vllm.multimodal.media.connector import MediaConnector
 
-    from iaa_vllm import admission, compat
+    from iaa_vllm.engine import admission, compat
 
     admission.install()
     fetch, fetch_async, get_bytes = (MediaConnector.fetch_image, MediaConnector.fetch_image_async,
@@ -182,7 +182,7 @@ def test_fetch_patches_are_idempotent_and_match_the_installed_vllm():
 
 
 def test_download_cap_setting_is_checked(monkeypatch):
-    from iaa_vllm.admission import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
+    from iaa_vllm.engine.admission import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
 
     monkeypatch.delenv(MAX_DOWNLOAD_ENV, raising=False)
     assert max_download_bytes() == DEFAULT_MAX_DOWNLOAD_MB * 2**20
@@ -196,8 +196,8 @@ def test_download_cap_setting_is_checked(monkeypatch):
 _DEATH_WATCH_SCRIPT = """
 import importlib, sys
 from vllm.v1.engine.async_llm import AsyncLLM
-from iaa_vllm import compat
-from iaa_vllm.admission import watch_engine_death
+from iaa_vllm.engine import compat
+from iaa_vllm.engine.admission import watch_engine_death
 
 died = watch_engine_death()
 assert watch_engine_death() is died  # idempotent

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from iaa_vllm.clip_defaults import CLIP_MEAN
+from iaa_vllm.engine.clip_defaults import CLIP_MEAN
 import torch
 
 from iaa_vllm import checkpoint as C

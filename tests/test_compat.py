@@ -7,8 +7,8 @@ import inspect
 import vllm
 from vllm.multimodal.processing import BaseMultiModalProcessor
 
-from iaa_vllm import compat
-from iaa_vllm.processing import IAAMultiModalProcessor
+from iaa_vllm.engine import compat
+from iaa_vllm.engine.processing import IAAMultiModalProcessor
 
 # The versions compat.py's table was checked on -> whether the processor tokenizes.
 CHECKED = {"0.26": True, "0.32": False}

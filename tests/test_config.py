@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from iaa_vllm import config as iaa_config
+from iaa_vllm.engine import config as iaa_config
 
 
 def test_release_defaults():

@@ -12,7 +12,7 @@ import pytest
 from vllm.config import CompilationConfig, CUDAGraphMode
 from vllm.engine.arg_utils import EngineArgs
 
-from iaa_vllm.config_hook import WORKFLOW_SLOTS, IAAEngineConfig
+from iaa_vllm.engine.config_hook import WORKFLOW_SLOTS, IAAEngineConfig
 
 
 def engine_config(model: str, **kwargs):

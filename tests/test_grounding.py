@@ -7,7 +7,7 @@ import random
 import pytest
 
 from iaa_vllm import grounding
-from iaa_vllm.processing import expand_to_square
+from iaa_vllm.engine.processing import expand_to_square
 from tests.conftest import make_image
 
 SIZES = [(640, 480), (480, 640), (1000, 37), (37, 1000), (333, 333), (1, 9), (9, 1)]

@@ -1,8 +1,8 @@
-"""kernels/projector.py: the fused Triton projector against its pure-torch reference.
+"""iaa_kernels/projector.py: the fused Triton projector against its pure-torch reference.
 
 No GPU here, so the kernel runs under Triton's interpreter. Triton's @jit reads
-TRITON_INTERPRET when a kernel is decorated, i.e. when kernels.projector is imported,
-and this pytest process has usually imported it already (iaa_vllm.projector does).
+TRITON_INTERPRET when a kernel is decorated, i.e. when iaa_kernels.projector is imported,
+and this pytest process has usually imported it already (iaa_vllm.engine.projector does).
 So one child process, started with TRITON_INTERPRET=1, runs the kernel over CASES and
 saves the outputs; the comparisons with the reference run here.
 """
@@ -19,8 +19,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import projector
-from kernels.projector import projector_forward, projector_reference
+from iaa_kernels import projector
+from iaa_kernels.projector import projector_forward, projector_reference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY, REAL = (32, 64), (1024, 4096)  # (K = mm_hidden, H = hidden): tiny test model, IAA

@@ -1,4 +1,4 @@
-"""kernels/routing.py: the gather-add and row-scatter kernels against torch indexing.
+"""iaa_kernels/routing.py: the gather-add and row-scatter kernels against torch indexing.
 
 As in test_kernels_projector.py, one child process started with TRITON_INTERPRET=1 runs the
 kernels over CASES (Triton's @jit reads the variable at import) and saves the results;
@@ -14,8 +14,8 @@ import sys
 import pytest
 import torch
 
-from kernels import routing
-from kernels.routing import gather_add, scatter_rows_
+from iaa_kernels import routing
+from iaa_kernels.routing import gather_add, scatter_rows_
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (T rows, width, n routed rows): the tiny model's width, a width that is no multiple

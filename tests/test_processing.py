@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iaa_vllm import config as iaa_config
-from iaa_vllm.processing import clip_image_processor, expand_to_square, pixel_values
+from iaa_vllm.engine import config as iaa_config
+from iaa_vllm.engine.processing import clip_image_processor, expand_to_square, pixel_values
 from tests.conftest import make_image
 
 

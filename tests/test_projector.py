@@ -1,4 +1,4 @@
-"""iaa_vllm/projector.py: each workflow's projector, built from vLLM's layers, against
+"""iaa_vllm/engine/projector.py: each workflow's projector, built from vLLM's layers, against
 the pure-torch reference on the tiny checkpoint's weights, at awkward token counts.
 
 The projector is built as the engine builds it (inside a VllmConfig, tensor parallel
@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from iaa_vllm.weights import ADAPTERS
+from iaa_vllm.engine.weights import ADAPTERS
 from tests.reference import project, read_safetensors
 
 # Single tokens, one image (576 + a text token), and counts that are no multiple of
@@ -55,7 +55,7 @@ def vllm_context():
 
 def build_projector(sd: dict, prefix: str, dtype: torch.dtype):
     """IAAProjector loaded with the checkpoint tensors `{prefix}.0.*` / `{prefix}.2.*`."""
-    from iaa_vllm.projector import IAAProjector
+    from iaa_vllm.engine.projector import IAAProjector
 
     mm_hidden, hidden = sd[f"{prefix}.0.weight"].shape[1], sd[f"{prefix}.0.weight"].shape[0]
     torch.set_default_dtype(dtype)

@@ -15,7 +15,7 @@ def test_general_plugin_entry_point_registers_the_architecture():
     assert "IAALlamaForCausalLM" in ModelRegistry.get_supported_archs()
     from transformers import AutoConfig
 
-    from iaa_vllm.config import IAAConfig
+    from iaa_vllm.engine.config import IAAConfig
 
     assert AutoConfig.for_model("IAA").__class__ is IAAConfig
 
@@ -30,8 +30,8 @@ def test_the_plugin_registers_nothing_other_engines_load():
 def test_config_hook_is_registered_for_iaa_only():
     from vllm.model_executor.models.config import MODELS_CONFIG_MAP
 
-    from iaa_vllm import register
-    from iaa_vllm.config_hook import IAAEngineConfig
+    from iaa_vllm.engine import register
+    from iaa_vllm.engine.config_hook import IAAEngineConfig
 
     register()
     ours = {arch for arch, hook in MODELS_CONFIG_MAP.items() if hook.__module__.startswith("iaa_vllm")}
@@ -42,7 +42,7 @@ def test_config_hook_is_registered_for_iaa_only():
 def test_admission_is_installed_once():
     from vllm.v1.engine.input_processor import InputProcessor
 
-    from iaa_vllm import register
+    from iaa_vllm.engine import register
 
     register()
     wrapped = InputProcessor.process_inputs

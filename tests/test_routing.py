@@ -7,7 +7,7 @@ import pytest
 import torch
 from vllm import SamplingParams
 
-from iaa_vllm import routing
+from iaa_vllm.engine import routing
 
 IMG = 128049
 

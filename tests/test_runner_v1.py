@@ -9,8 +9,8 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
 
-from iaa_vllm import routing
-from iaa_vllm.runner_v1 import WorkflowSlots
+from iaa_vllm.engine import routing
+from iaa_vllm.engine.runner_v1 import WorkflowSlots
 
 IMG = 128049
 

@@ -17,8 +17,8 @@ from vllm.engine.arg_utils import EngineArgs
 from vllm.v1.core.sched.output import NewRequestData
 from vllm.v1.worker.gpu.input_batch import InputBatch, InputBuffers
 
-from iaa_vllm import routing
-from iaa_vllm.runner_v2 import IAAModelState
+from iaa_vllm.engine import routing
+from iaa_vllm.engine.runner_v2 import IAAModelState
 
 IMG = 128049
 

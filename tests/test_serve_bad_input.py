@@ -87,7 +87,7 @@ def test_decompression_bomb_is_rejected_before_decoding(iaa_server, good):
     rss_before = server_rss(iaa_server.pid)
     status, reply = post(iaa_server.base, chat_body(iaa_server.model, "What is this?", encode(bomb)))
     rss_after = server_rss(iaa_server.pid)
-    assert status == 400, reply  # vLLM 0.32 alone answers 500 (iaa_vllm.admission)
+    assert status == 400, reply  # vLLM 0.32 alone answers 500 (iaa_vllm.engine.admission)
     assert "1600000000 pixels" in reply["error"]["message"] and "exceeds limit" in reply["error"]["message"]
     _clean(reply["error"]["message"])
     assert rss_after - rss_before < 100 * 2**20  # the header was read, no pixel decoded

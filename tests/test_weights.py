@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from iaa_vllm import config as iaa_config
-from iaa_vllm import weights
+from iaa_vllm.engine import config as iaa_config
+from iaa_vllm.engine import weights
 
 
 @pytest.fixture(scope="module")

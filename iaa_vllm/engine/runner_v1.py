@@ -17,7 +17,7 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from iaa_vllm.routing import WorkflowState, requested_workflow
+from iaa_vllm.engine.routing import WorkflowState, requested_workflow
 
 
 class WorkflowSlots(LogitsProcessor):

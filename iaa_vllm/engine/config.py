@@ -12,11 +12,14 @@ import os
 
 from transformers import CLIPVisionConfig, LlamaConfig
 
-from iaa_vllm import MODEL_TYPE
-from iaa_vllm.clip_defaults import CLIP_L_336, CLIP_L_336_CONFIG, CLIP_L_336_PREPROCESSOR
+from iaa_vllm.engine.names import MODEL_TYPE
+from iaa_vllm.engine.clip_defaults import CLIP_L_336, CLIP_L_336_CONFIG, CLIP_L_336_PREPROCESSOR
 
 RELEASE_INSERTION_LAYERS = [0, 1, 5, 6, 10, 11, 15, 16, 20, 21, 25, 26, 30, 31]
-IMAGE_TOKEN_ID = 128049  # <|reserved_special_token_44|> (iaa_vllm/tokenizer.py)
+# The image placeholder: one reserved Llama-3 special token, expanded to the CLIP
+# patch count by processing.py. tokenizer.py builds prompts with it.
+IMAGE_TOKEN = "<|reserved_special_token_44|>"
+IMAGE_TOKEN_ID = 128049
 PROJECTOR_TYPES = ("mlp2x_gelu",)
 SELECT_FEATURES = ("patch",)
 ASPECT_RATIOS = ("pad",)

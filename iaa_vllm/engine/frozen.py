@@ -32,7 +32,7 @@ from vllm.model_executor.models.llama import LlamaDecoderLayer
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.utils.torch_utils import direct_register_custom_op
 
-from iaa_vllm.routing import IMAGE_WORKFLOWS, WorkflowState
+from iaa_vllm.engine.routing import IMAGE_WORKFLOWS, WorkflowState
 
 _LIBRARY = Library("iaa", "FRAGMENT")  # the ops live as long as this module
 SPLITTING_OPS = ("iaa::insertion_layer", "iaa::workflow_norm")

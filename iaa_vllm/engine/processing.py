@@ -23,8 +23,8 @@ from vllm.multimodal.processing import (
     PromptUpdate,
 )
 
-from iaa_vllm import config as iaa_config
-from iaa_vllm.compat import ImageProcessorBase
+from iaa_vllm.engine import config as iaa_config
+from iaa_vllm.engine.compat import ImageProcessorBase
 
 try:  # transformers >= 5: the PIL path the release used; the default one is torchvision's
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -84,9 +84,7 @@ class IAAProcessingInfo(BaseProcessingInfo):
 
 class IAADummyInputsBuilder(BaseDummyInputsBuilder[IAAProcessingInfo]):
     def get_dummy_text(self, mm_counts: Mapping[str, int]) -> str:
-        from iaa_vllm.tokenizer import IMAGE_TOKEN
-
-        return IMAGE_TOKEN * mm_counts.get("image", 0)
+        return iaa_config.IMAGE_TOKEN * mm_counts.get("image", 0)
 
     def get_dummy_mm_data(self, seq_len, mm_counts, mm_options=None):
         side = self.info.vision_config.image_size

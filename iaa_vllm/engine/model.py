@@ -42,15 +42,15 @@ from vllm.model_executor.models.llama import LlamaModel
 from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, maybe_prefix
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from iaa_vllm import config as iaa_config
-from iaa_vllm import frozen, routing, weights
-from iaa_vllm.insertion import IAAInsertionLayer
-from iaa_vllm.processing import (
+from iaa_vllm.engine import config as iaa_config
+from iaa_vllm.engine import frozen, routing, weights
+from iaa_vllm.engine.insertion import IAAInsertionLayer
+from iaa_vllm.engine.processing import (
     IAADummyInputsBuilder,
     IAAMultiModalProcessor,
     IAAProcessingInfo,
 )
-from iaa_vllm.projector import IAAProjector
+from iaa_vllm.engine.projector import IAAProjector
 
 
 class IAAAdapter(nn.Module):
@@ -103,9 +103,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
     @classmethod
     def get_placeholder_str(cls, modality: str, i: int) -> str | None:
         if modality.startswith("image"):
-            from iaa_vllm.tokenizer import IMAGE_TOKEN
-
-            return IMAGE_TOKEN
+            return iaa_config.IMAGE_TOKEN
         raise ValueError(f"IAA takes images only, not {modality!r}")
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = ""):
@@ -169,7 +167,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
 
     def get_model_state_cls(self):
         """Model Runner V2: the state that feeds this model's workflows (runner_v2.py)."""
-        from iaa_vllm.runner_v2 import IAAModelState
+        from iaa_vllm.engine.runner_v2 import IAAModelState
 
         return IAAModelState
 

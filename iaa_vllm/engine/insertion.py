@@ -8,7 +8,7 @@ KV instead of 32 + 2N (docs/design.md §3).
 The attention op runs over the whole batch because vLLM's attention metadata
 (slot mapping, query_start_loc) describes every token; text rows feed zeros and
 their output is discarded. Projections, norms and MLP run on the image rows only.
-Rows move in and out through kernels/routing.py (Triton on CUDA, measured 1.75-3.1x
+Rows move in and out through iaa_kernels/routing.py (Triton on CUDA, measured 1.75-3.1x
 faster than torch indexing on an H100; torch indexing elsewhere, bit for bit the same).
 """
 
@@ -23,8 +23,8 @@ from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.models.llama import LlamaMLP
 from vllm.distributed import get_tensor_model_parallel_world_size
 
-from iaa_vllm.routing import IMAGE_WORKFLOWS
-from kernels.routing import gather_add, scatter_rows_
+from iaa_vllm.engine.routing import IMAGE_WORKFLOWS
+from iaa_kernels.routing import gather_add, scatter_rows_
 
 
 class IAAAttentionProjections(nn.Module):

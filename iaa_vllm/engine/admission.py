@@ -50,8 +50,8 @@ import socket
 
 from vllm.exceptions import VLLMValidationError
 
-from iaa_vllm import MODEL_TYPE
-from iaa_vllm.routing import EXTRA_ARGS_KEY, WorkflowError, resolve_workflow
+from iaa_vllm.engine.names import MODEL_TYPE
+from iaa_vllm.engine.routing import EXTRA_ARGS_KEY, WorkflowError, resolve_workflow
 
 SALT_PREFIX = "iaa-workflow:"
 # vLLM 0.32's own cap on a media download, by its name and default, so one setting
@@ -308,7 +308,7 @@ def install() -> None:
     from vllm.multimodal.media.image import ImageMediaIO
     from vllm.v1.engine.input_processor import InputProcessor
 
-    from iaa_vllm import compat
+    from iaa_vllm.engine import compat
 
     if not getattr(ImageMediaIO.load_bytes, "_iaa_admission", False):
         ImageMediaIO.load_bytes = _reject_bombs(ImageMediaIO.load_bytes)
@@ -354,7 +354,7 @@ def watch_engine_death():
 
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from iaa_vllm import compat
+    from iaa_vllm.engine import compat
 
     launcher = importlib.import_module(compat.API_LAUNCHER_MODULE)
     if getattr(launcher.terminate_if_errored, "_iaa_admission", False):

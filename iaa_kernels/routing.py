@@ -3,7 +3,7 @@
 Three things side by side: the private `@triton.jit` kernels, the
 public launchers `gather_add` / `scatter_rows_` and the pure-torch references.
 
-What the insertion layer does per workflow (iaa_vllm/insertion.py): gather that
+What the insertion layer does per workflow (iaa_vllm/engine/insertion.py): gather that
 workflow's rows of vLLM's split stream and add them (stream = h[idx] + r[idx]), run
 that workflow's layer weights on them, and write the results back into the batch's rows. In torch the
 gather-add is three launches and moves 7 n·H elements (two gathers write n·H each and

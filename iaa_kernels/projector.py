@@ -26,7 +26,7 @@ at every shape, 0.60-0.77x with the default tiles and at most 0.96x with the bes
 11 tile configs. Eager already runs the two GEMMs at ~640 TFLOP/s (8 images: 193
 GFLOP in 0.303 ms) against a measured ~800 TFLOP/s ceiling, so even perfect fusion
 could not reach a 1.2x speed-up. So the launcher keeps torch on CUDA (`_use_triton`),
-and the model does not call it at all: `iaa_vllm/projector.py` runs vLLM's parallel
+and the model does not call it at all: `iaa_vllm/engine/projector.py` runs vLLM's parallel
 linear layers, which carry tensor parallelism and quantization. The kernel runs under
 the interpreter in tests and stays here, with its benchmark (benchmarks/projector.py),
 for GPUs or shapes where a later measurement says otherwise.

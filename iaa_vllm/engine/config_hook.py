@@ -19,9 +19,9 @@ from __future__ import annotations
 from vllm.config import CUDAGraphMode
 from vllm.model_executor.models.config import VerifyAndUpdateConfig
 
-from iaa_vllm import ARCHITECTURE
+from iaa_vllm.engine.names import ARCHITECTURE
 
-WORKFLOW_SLOTS = "iaa_vllm.runner_v1:WorkflowSlots"
+WORKFLOW_SLOTS = "iaa_vllm.engine.runner_v1:WorkflowSlots"
 
 
 class IAAEngineConfig(VerifyAndUpdateConfig):

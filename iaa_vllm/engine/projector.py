@@ -13,7 +13,7 @@ class IAAProjector(nn.Module):
 
     Checkpoint names `{projector}.0.*` / `{projector}.2.*` (an nn.Sequential in the
     release) map to `linear_1` / `linear_2`. vLLM's parallel linear layers carry
-    tensor parallelism and quantization; the Triton projector in `kernels/projector.py`
+    tensor parallelism and quantization; the Triton projector in `iaa_kernels/projector.py`
     is not used here, because cuBLAS beat it at every measured shape (its docstring).
     """
 

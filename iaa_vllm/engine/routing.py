@@ -29,7 +29,7 @@ from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 from vllm.forward_context import get_forward_context, is_forward_context_available
 
-from iaa_vllm import EXTRA_ARGS_KEY
+from iaa_vllm.engine.names import EXTRA_ARGS_KEY
 
 WORKFLOWS = ("text", "mm", "grounding")
 IMAGE_WORKFLOWS = ("mm", "grounding")

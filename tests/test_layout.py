@@ -1,0 +1,90 @@
+"""The package's layers (docs/design.md §6): imports point down, never up or round.
+
+iaa_kernels (Triton kernels) < iaa_vllm.engine (what vLLM loads) < the rest of
+iaa_vllm (what people run). Read from the source with `ast`, lazy imports inside
+functions included, so nothing is imported to check it.
+"""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGES = ("iaa_kernels", "iaa_vllm")
+
+
+def _module_name(path: pathlib.Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+MODULES = {
+    _module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))
+}
+
+
+def _imports(name: str) -> set[str]:
+    """The project modules `name` imports: `from a import b` counts as a.b when a.b
+    is a module, else as a."""
+    found = set()
+    for node in ast.walk(ast.parse(MODULES[name].read_text())):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in MODULES else node.module
+                for a in node.names
+            ]
+        else:
+            continue
+        found.update(t for t in targets if t in MODULES and t != name)
+    return found
+
+
+GRAPH = {name: _imports(name) for name in MODULES}
+
+
+def _layer(name: str) -> int:
+    if name.startswith("iaa_kernels"):
+        return 0
+    if name.startswith("iaa_vllm.engine"):
+        return 1
+    return 2
+
+
+def test_the_modules_are_found():
+    assert {"iaa_vllm.engine.model", "iaa_vllm.cli", "iaa_kernels.routing"} <= set(MODULES)
+    assert "iaa_kernels.routing" in GRAPH["iaa_vllm.engine.insertion"]
+
+
+@pytest.mark.parametrize("name", sorted(MODULES))
+def test_no_module_imports_a_layer_above_it(name):
+    # The one exception: iaa_vllm/__init__.py re-exports engine/names.py, and the
+    # package root sits at the engine's level for that (it imports nothing else).
+    upward = {t for t in GRAPH[name] if _layer(t) > _layer(name) and t != "iaa_vllm"}
+    assert not upward, f"{name} imports {sorted(upward)}, which sit above it"
+
+
+def test_the_package_root_imports_only_the_names():
+    assert GRAPH["iaa_vllm"] == {"iaa_vllm.engine.names"}
+    assert GRAPH["iaa_vllm.engine.names"] == set()
+
+
+def test_no_import_cycles():
+    done: set[str] = set()
+
+    def visit(name: str, path: list[str]) -> None:
+        if name in path:
+            cycle = path[path.index(name):] + [name]
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+        if name in done:
+            return
+        for target in sorted(GRAPH[name]):
+            visit(target, path + [name])
+        done.add(name)
+
+    for name in sorted(GRAPH):
+        visit(name, [])
