@@ -107,9 +107,9 @@ def _http_status(error: Exception) -> int:
 def origin():
     from benchmarks.load import noise_image, png_bytes
 
-    from iaa_vllm.engine import admission
+    from iaa_vllm.engine import media
 
-    admission.install()  # what the plugin entry point does in a server
+    media.install()  # what the plugin entry point does in a server
     served = MediaOrigin(png_bytes(noise_image(64, 48, 1)))
     yield served
     served.close()
@@ -168,21 +168,21 @@ def test_fetch_patches_are_idempotent_and_match_the_installed_vllm():
     from vllm.connections import HTTPConnection
     from vllm.multimodal.media.connector import MediaConnector
 
-    from iaa_vllm.engine import admission, compat
+    from iaa_vllm.engine import compat, media
 
-    admission.install()
+    media.install()
     fetch, fetch_async, get_bytes = (MediaConnector.fetch_image, MediaConnector.fetch_image_async,
                                      HTTPConnection.get_bytes)
-    admission.install()
+    media.install()
     assert (MediaConnector.fetch_image, MediaConnector.fetch_image_async, HTTPConnection.get_bytes) == (
         fetch, fetch_async, get_bytes)
-    assert fetch._iaa_admission and fetch_async._iaa_admission
+    assert fetch._iaa_media and fetch_async._iaa_media
     # 0.32 caps downloads itself; only 0.26 gets ours
-    assert getattr(get_bytes, "_iaa_admission", False) is not compat.MEDIA_DOWNLOADS_CAPPED
+    assert getattr(get_bytes, "_iaa_media", False) is not compat.MEDIA_DOWNLOADS_CAPPED
 
 
 def test_download_cap_setting_is_checked(monkeypatch):
-    from iaa_vllm.engine.admission import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
+    from iaa_vllm.engine.media import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
 
     monkeypatch.delenv(MAX_DOWNLOAD_ENV, raising=False)
     assert max_download_bytes() == DEFAULT_MAX_DOWNLOAD_MB * 2**20
@@ -197,7 +197,7 @@ _DEATH_WATCH_SCRIPT = """
 import importlib, sys
 from vllm.v1.engine.async_llm import AsyncLLM
 from iaa_vllm.engine import compat
-from iaa_vllm.engine.admission import watch_engine_death
+from iaa_vllm.engine_death import watch_engine_death
 
 died = watch_engine_death()
 assert watch_engine_death() is died  # idempotent

@@ -20,9 +20,10 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "iaa_vllm.engine.model:IAALlamaForCausalLM")
 
-    from iaa_vllm.engine import admission, config_hook
+    from iaa_vllm.engine import admission, config_hook, media
     from iaa_vllm.engine.config import register_config
 
     register_config()
     config_hook.install()
     admission.install()
+    media.install()
