@@ -92,3 +92,37 @@ def test_clip_from_the_tower_folder_when_absent_from_the_checkpoint(tmp_path):
     assert list(got) == [weights.VISION_PREFIX + "vision_model.pre_layrnorm.weight"]
     with pytest.raises(ValueError, match="mm_vision_tower='elsewhere' has no local"):
         list(weights.vision_tower_weights(str(tmp_path / "none"), "elsewhere"))
+
+
+def _module_path(name: str) -> str:
+    """A release tensor name as the model's WeightsMapper renames it (regex stage)."""
+    for pattern, replacement in weights.ADAPTER_RENAMES.items():
+        if pattern.match(name):
+            return pattern.sub(replacement, name, count=1)
+    return name
+
+
+@pytest.mark.parametrize("release, module", [
+    ("model.condition_layers.3.mlp.up_proj.weight", "insertion_layers.3.workflow_layers.mm.mlp.up_proj.weight"),
+    ("model.condition_layers_grounding.0.self_attn.q_proj.weight",
+     "insertion_layers.0.workflow_layers.grounding.self_attn.q_proj.weight"),
+    ("model.embed_tokens_condition.weight", "adapters.mm.embed_tokens.weight"),
+    ("model.embed_tokens_condition_grounding.weight", "adapters.grounding.embed_tokens.weight"),
+    ("model.norm_condition_grounding.weight", "model.norm.workflow_norms.grounding.weight"),
+    ("lm_head_condtion.weight", "adapters.mm.lm_head.weight"),
+    ("model.mm_projector_G.2.bias", "adapters.grounding.projector.linear_2.bias"),
+    ("model.mm_projector.0.weight", "adapters.mm.projector.linear_1.weight"),
+    ("model.layers.5.mlp.up_proj.weight", "model.layers.5.mlp.up_proj.weight"),  # frozen: vLLM's names
+])
+def test_release_names_map_to_module_paths(release, module):
+    # The mm and grounding prefixes overlap ("model.condition_layers" is a prefix of
+    # "model.condition_layers_grounding"): each must land on its own workflow.
+    assert _module_path(release) == module
+
+
+def test_every_adapter_tensor_is_renamed(plans):
+    plan, _ = plans
+    frozen = ("model.layers.", "model.embed_tokens.weight", "model.norm.weight", "lm_head.weight",
+              weights.VISION_PREFIX)  # vLLM's own names, or the CLIP prefix mapping
+    adapter_names = [n for n in plan if not n.startswith(frozen)]
+    assert adapter_names and all(_module_path(n) != n for n in adapter_names)

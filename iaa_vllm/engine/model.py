@@ -25,7 +25,6 @@ then holds one workflow-free entry per image (mm and grounding never collide).
 from __future__ import annotations
 
 import functools
-import re
 from collections.abc import Iterable
 
 import torch
@@ -71,27 +70,15 @@ class IAAAdapter(nn.Module):
         )
 
 
-def _set_renames() -> dict[str, str]:
-    renames = {}
-    for wf, (embed, layers, norm, head, projector) in weights.ADAPTERS.items():
-        renames[rf"^{re.escape(layers)}\.(\d+)\."] = rf"insertion_layers.\1.workflow_layers.{wf}."
-        renames[rf"^{re.escape(embed)}\."] = f"adapters.{wf}.embed_tokens."
-        renames[rf"^{re.escape(norm)}\."] = f"model.norm.workflow_norms.{wf}."
-        renames[rf"^{re.escape(head)}\."] = f"adapters.{wf}.lm_head."
-        renames[rf"^{re.escape(projector)}\.0\."] = f"adapters.{wf}.projector.linear_1."
-        renames[rf"^{re.escape(projector)}\.2\."] = f"adapters.{wf}.projector.linear_2."
-    return {re.compile(k): v for k, v in renames.items()}
-
-
 @MULTIMODAL_REGISTRY.register_processor(
     IAAMultiModalProcessor, info=IAAProcessingInfo, dummy_inputs=IAADummyInputsBuilder
 )
 class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
-    # Release names → module names; frozen Llama names are already vLLM's.
+    # Release names → module names (weights.py); frozen Llama names are already vLLM's.
     hf_to_vllm_mapper = WeightsMapper(
-        orig_to_new_regex=_set_renames(),
+        orig_to_new_regex=weights.ADAPTER_RENAMES,
         orig_to_new_stacked=LlamaModel.hf_to_vllm_mapper.orig_to_new_stacked,
-        orig_to_new_prefix={weights.VISION_PREFIX: "vision_tower."},
+        orig_to_new_prefix={weights.VISION_PREFIX: weights.VISION_MODULE},
     )
     packed_modules_mapping = {
         "qkv_proj": ["q_proj", "k_proj", "v_proj"],

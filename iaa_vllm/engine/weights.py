@@ -1,19 +1,22 @@
 """The release checkpoint's tensors as data: names, shapes, and load-time checks.
 
-One table serves three readers: the loader (every tensor present and of the
-right shape, else one error naming it), `iaa-vllm init` (what to write), and
-the tests. Names are the release's, misspellings included (docs/design.md §2).
+One table (`ADAPTERS`) serves four readers: the model's weight mapper
+(`ADAPTER_RENAMES`, release names onto module paths), the loader (every tensor
+present and of the right shape, else one error naming it), `iaa-vllm init` (what
+to write), and the tests. Names are the release's, misspellings included (docs/design.md §2).
 """
 
 from __future__ import annotations
 
 import glob
 import os
+import re
 from collections.abc import Iterable, Iterator
 
 import torch
 
 VISION_PREFIX = "model.vision_tower.vision_tower."
+VISION_MODULE = "vision_tower."  # where the model keeps vLLM's CLIPVisionModel
 # Per image workflow, its adapter: (embedding, insertion layers, final norm, LM head, projector).
 ADAPTERS = {
     "mm": ("model.embed_tokens_condition", "model.condition_layers",
@@ -22,6 +25,25 @@ ADAPTERS = {
                   "model.condition_layers_grounding", "model.norm_condition_grounding",
                   "lm_head_condtion_grounding", "model.mm_projector_G"),
 }
+
+
+def _adapter_renames() -> dict[re.Pattern, str]:
+    """Release name prefix -> the model's module path, per image workflow (model.py's
+    `WeightsMapper`). The release's two LM heads and projector indices become named
+    modules; the insertion layers of both workflows share one layer per depth."""
+    renames = {}
+    for wf, (embed, layers, norm, head, projector) in ADAPTERS.items():
+        renames[rf"^{re.escape(layers)}\.(\d+)\."] = rf"insertion_layers.\1.workflow_layers.{wf}."
+        renames[rf"^{re.escape(embed)}\."] = f"adapters.{wf}.embed_tokens."
+        renames[rf"^{re.escape(norm)}\."] = f"model.norm.workflow_norms.{wf}."
+        renames[rf"^{re.escape(head)}\."] = f"adapters.{wf}.lm_head."
+        renames[rf"^{re.escape(projector)}\.0\."] = f"adapters.{wf}.projector.linear_1."
+        renames[rf"^{re.escape(projector)}\.2\."] = f"adapters.{wf}.projector.linear_2."
+    return {re.compile(k): v for k, v in renames.items()}
+
+
+ADAPTER_RENAMES = _adapter_renames()
+
 # Tensors a checkpoint may carry that no IAA module uses.
 IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
 
