@@ -105,12 +105,12 @@ def _http_status(error: Exception) -> int:
 
 @pytest.fixture(scope="module")
 def origin():
-    from benchmarks.load import noise_image, png_bytes
-
     from iaa_vllm.engine import media
+    from iaa_vllm.local_server import png_bytes
+    from tests.conftest import make_image
 
     media.install()  # what the plugin entry point does in a server
-    served = MediaOrigin(png_bytes(noise_image(64, 48, 1)))
+    served = MediaOrigin(png_bytes(make_image(64, 48, 1)))
     yield served
     served.close()
 
