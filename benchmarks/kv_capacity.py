@@ -7,7 +7,7 @@ engine holds (L frozen layers, N insertion depths). This measures that on the CP
 engine, reading the capacity vLLM resolved at start, and prints the ratio the
 real shapes give.
 
-    .venv/bin/python benchmarks/kv_capacity.py [--model checkpoints/tiny] [--kv-space-gib 1]
+    .venv/bin/python -m benchmarks.kv_capacity [--model checkpoints/tiny] [--kv-space-gib 1]
 
 Each engine starts in its own process so memory is freed between them. Writes
 benchmarks/results/kv_capacity.json and kv_capacity.png.
@@ -24,16 +24,12 @@ import subprocess
 import sys
 import time
 
-if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import report as report_files  # noqa: E402
-from benchmarks.stock_llama import write_stock_llama  # noqa: E402
+from benchmarks import report as report_files
+from benchmarks.stock_llama import write_stock_llama
 
 RESULT_TAG = "KV_CAPACITY_RESULT "
 # vLLM logs the engine-specific part of the start (profile, KV cache, warm-up).
 INIT_LOG = re.compile(r"init engine \(profile, create kv cache, warmup model\) took ([0-9.]+) s")
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ENGINE_ARGS = dict(enforce_eager=True, gpu_memory_utilization=0.3, max_model_len=2048, seed=0)
 
@@ -57,7 +53,7 @@ def measure_engine(model: str, dtype: str) -> dict:
 
 def run_in_child(model: str, dtype: str, kv_space_gib: float) -> dict:
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_space_gib)}
-    cmd = [sys.executable, os.path.abspath(__file__), "--child", model, "--dtype", dtype]
+    cmd, env = report_files.child("benchmarks.kv_capacity", "--child", model, "--dtype", dtype, env=env)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [line for line in proc.stdout.splitlines() if line.startswith(RESULT_TAG)]
     if proc.returncode != 0 or not lines:
@@ -108,8 +104,8 @@ def main(args: argparse.Namespace) -> int:
     stock, iaa = results["stock_llama"], results["iaa"]
     report = {
         # Start times are mostly process spawn and imports: the load average says how busy the machine was.
-        "machine": {"cpu": report_files.cpu_name(), "cores": os.cpu_count(), "load_avg_1m_at_end": os.getloadavg()[0],
-                    **versions()},
+        "machine": {**report_files.machine(), "load_avg_1m_at_end": os.getloadavg()[0],
+                    **report_files.versions("vllm-cpu", "vllm", "torch")},
         "settings": {"VLLM_CPU_KVCACHE_SPACE_gib": args.kv_space_gib, "dtype": args.dtype, **ENGINE_ARGS},
         "checkpoint": {"path": args.model, "num_layers": num_layers, "insertion_depths": num_depths},
         "engines": results,
@@ -121,26 +117,9 @@ def main(args: argparse.Namespace) -> int:
             for name in ("iaa-14", "iaa-8")
         },
     }
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "kv_capacity.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    plot(report, os.path.join(args.out, "kv_capacity.png"))
     print_report(report)
-    print(f"wrote {os.path.join(args.out, 'kv_capacity.json')} and kv_capacity.png")
+    report_files.write(args.out, "kv_capacity", report, plot)
     return 0
-
-
-def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for dist in ("vllm-cpu", "vllm", "torch"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return found
 
 
 def print_report(r: dict) -> None:
@@ -208,7 +187,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="VLLM_CPU_KVCACHE_SPACE (whole GiB) for both engines")
     parser.add_argument("--dtype", default="float32", choices=list(DTYPE_BYTES))
     parser.add_argument("--repeats", type=int, default=1, help="engine starts per engine (start time: median)")
-    parser.add_argument("--out", default=RESULTS_DIR, help="where kv_capacity.json / .png go")
+    parser.add_argument("--out", default=report_files.RESULTS_DIR, help="where kv_capacity.json / .png go")
     parser.add_argument("--child", metavar="MODEL", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 

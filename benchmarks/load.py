@@ -9,265 +9,43 @@ no 5xx, every bad request a 4xx, every good answer equal to its solo answer.
 The server's memory (RSS of the API server and its engine process) is read
 before and after the load.
 
-    .venv/bin/python benchmarks/load.py [--model checkpoints/tiny] [--clients 64] [--requests-per-client 4]
-    .venv/bin/python benchmarks/load.py --base-url http://127.0.0.1:8000 --pid SERVER_PID   # a running server
+    .venv/bin/python -m benchmarks.load [--model checkpoints/tiny] [--clients 64] [--requests-per-client 4]
+    .venv/bin/python -m benchmarks.load --base-url http://127.0.0.1:8000 --pid SERVER_PID   # a running server
 
 Without `--base-url` it starts `iaa-vllm serve` on a free loopback port and
 stops it at the end. Writes benchmarks/results/load.json and load.png.
 
-Its pieces are shared: `memory.py` (RSS slope against stock vLLM) and `soak.py`
-(a long run with hung-up streams) use `serve`, `send`, `sustained`,
-`stream_chat`, `metrics` and `wait_idle`; the server tests use the request helpers.
+The server and the raw HTTP come from `iaa_vllm.local_server`. This file's own
+pieces are shared: `memory.py` (RSS slope against stock vLLM) and `soak.py` (a
+long run with hung-up streams) use `workload`, `solo_answers`, `send` and `sustained`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
-import http.client
-import io
 import itertools
 import json
-import os
-import socket
-import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
-import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import psutil
 from PIL import Image, ImageDraw
 
-if not __package__:  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import report
+from benchmarks.images import noise_image
+from iaa_vllm.local_server import (Server, chat_body, decompression_bomb, encode, png_bytes, post, serve,
+                                   server_memory)
 
-from benchmarks import report  # noqa: E402
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048"]
-MAX_TOKENS = 8
 BAD_EVERY = 4  # every fourth scheduled request is a bad one
 COLOURS = {"text": (31, 119, 180), "mm": (44, 160, 44), "grounding": (255, 127, 14), "bad": (214, 39, 40)}
 
 
-@dataclass
-class Server:
-    base: str  # http://127.0.0.1:PORT
-    model: str  # the served model name (the path it was started with)
-    pid: int | None  # API server process; its children are the engine
-    log: str | None = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(model: str, extra_args: tuple[str, ...] = (), kv_space_gib: int = 1, timeout_s: float = 600):
-    """`iaa-vllm serve MODEL` on a free loopback port until /health answers; stopped on exit."""
-    port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(kv_space_gib)}
-    command = [sys.executable, "-m", "iaa_vllm.cli", "serve", model, *SERVE_ARGS, *extra_args,
-               "--host", "127.0.0.1", "--port", str(port)]
-    log = tempfile.NamedTemporaryFile("w+b", prefix="iaa-serve-", suffix=".log", delete=False)
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", model, process.pid, log.name)
-    try:
-        deadline = time.time() + timeout_s
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"iaa-vllm serve exited during start-up; log: {log.name}")
-            if time.time() > deadline:
-                raise TimeoutError(f"iaa-vllm serve not healthy after {timeout_s} s; log: {log.name}")
-            try:
-                urllib.request.urlopen(f"{server.base}/health", timeout=5)
-                break
-            except OSError:
-                time.sleep(2)
-        yield server
-    except BaseException:
-        log.close()  # kept: its path is in the error
-        raise
-    else:
-        log.close()
-        os.unlink(log.name)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def server_rss(pid: int) -> int:
-    """Resident bytes of the server process and all its children (engine core, worker)."""
-    root = psutil.Process(pid)
-    total = 0
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            total += process.memory_info().rss
-    return total
-
-
-def server_memory(pid: int) -> dict[str, float]:
-    """RSS in MiB of each process of the server (by name) and their total."""
-    root = psutil.Process(pid)
-    by_name = {}
-    for process in [root, *root.children(recursive=True)]:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            name = process.name() if process is not root else "api_server"
-            by_name[name] = by_name.get(name, 0.0) + process.memory_info().rss / 2**20
-    return {**by_name, "total": sum(by_name.values())}
-
-
-def post(base: str, body: dict, path: str = "/v1/chat/completions", timeout: float = 600) -> tuple[int, dict]:
-    """(HTTP status, JSON body); error statuses are returned, not raised."""
-    request = urllib.request.Request(base + path, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        raw = error.read()
-        try:
-            return error.code, json.loads(raw)
-        except ValueError:
-            return error.code, {"raw": raw.decode(errors="replace")}
-
-
-def stream_chat(base: str, body: dict, cancel_after: int | None = None, timeout: float = 600) -> dict:
-    """One streamed chat completion; with `cancel_after`, the client hangs up after that many chunks.
-
-    `cancel_after=0` closes the connection as soon as the request is sent, before any
-    token; `None` reads the stream to its end. Returns the HTTP status, the text
-    received, the number of content chunks and whether the stream ended (`[DONE]`).
-    """
-    url = urllib.parse.urlsplit(base)
-    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=timeout)
-    record = {"status": None, "text": "", "chunks": 0, "done": False}
-    try:
-        connection.request("POST", "/v1/chat/completions", json.dumps({**body, "stream": True}),
-                           {"Content-Type": "application/json"})
-        if cancel_after == 0:
-            return record  # hung up before the response: the server sees a disconnect
-        response = connection.getresponse()
-        record["status"] = response.status
-        if response.status != 200:
-            record["error"] = response.read().decode(errors="replace")
-            return record
-        for line in response:
-            line = line.strip()
-            if not line.startswith(b"data:"):
-                continue
-            data = line[5:].strip()
-            if data == b"[DONE]":
-                record["done"] = True
-                break
-            delta = (json.loads(data).get("choices") or [{}])[0].get("delta") or {}
-            if delta.get("content"):
-                record["text"] += delta["content"]
-                record["chunks"] += 1
-                if cancel_after is not None and record["chunks"] >= cancel_after:
-                    break  # hang up mid-stream
-        return record
-    finally:
-        with contextlib.suppress(OSError):
-            if connection.sock is not None:
-                connection.sock.shutdown(socket.SHUT_RDWR)  # a FIN now, not when GC closes it
-        connection.close()
-
-
-def metrics(base: str) -> list[tuple[str, dict[str, str], float]]:
-    """The server's Prometheus samples: (name, labels, value)."""
-    with urllib.request.urlopen(f"{base}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    samples = []
-    for line in text.splitlines():
-        if not line or line.startswith("#"):
-            continue
-        name_labels, _, value = line.rpartition(" ")
-        name, _, labels = name_labels.partition("{")
-        pairs = (pair.split("=", 1) for pair in labels.rstrip("}").split(",") if "=" in pair)
-        with contextlib.suppress(ValueError):
-            samples.append((name, {k: v.strip('"') for k, v in pairs}, float(value)))
-    return samples
-
-
-def metric(samples: list[tuple[str, dict[str, str], float]], name: str, **labels: str) -> float:
-    """The sum of `name` over the samples whose labels include `labels`."""
-    return sum(value for n, have, value in samples
-               if n == name and all(have.get(k) == v for k, v in labels.items()))
-
-
-IDLE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
-
-
-def wait_idle(base: str, kv_idle: float = 0.0, timeout_s: float = 60) -> dict[str, float]:
-    """The idle gauges, once no request runs or waits and KV usage is back to `kv_idle`.
-
-    Aborts of hung-up streams land a scheduler step after the hang-up, so this
-    polls; after `timeout_s` it returns what it last saw, for the caller to report.
-    """
-    deadline = time.time() + timeout_s
-    while True:
-        samples = metrics(base)
-        gauges = {name: metric(samples, name) for name in IDLE_GAUGES}
-        if (gauges["vllm:num_requests_running"] == 0 and gauges["vllm:num_requests_waiting"] == 0
-                and gauges["vllm:kv_cache_usage_perc"] <= kv_idle) or time.time() > deadline:
-            return gauges
-        time.sleep(0.5)
-
-
 # ---- the workload ---------------------------------------------------------------------------
-
-def encode(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt)
-    return buffer.getvalue()
-
-
-def noise_image(width: int, height: int, seed: int) -> Image.Image:
-    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
-def decompression_bomb(side: int = 40000) -> bytes:
-    """A ~1 KB PNG whose header declares side x side RGB pixels (4.8 GB at 40000)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
-    rows = zlib.compress((b"\x00" * (1 + 3 * side)) * 8, 9)  # a few rows; the header is the bomb
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-
-
-def chat_body(model: str, text: str, image_url: str | None = None, workflow: str | None = None,
-              **options) -> dict:
-    content = text if image_url is None else [
-        {"type": "image_url", "image_url": {"url": image_url}}, {"type": "text", "text": text}]
-    body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0,
-            "messages": [{"role": "user", "content": content}], **options}
-    if workflow:
-        body["vllm_xargs"] = {"iaa_workflow": workflow}
-    return body
-
 
 def workload(model: str) -> tuple[dict[str, dict], dict[str, dict]]:
     """(good, bad) request bodies by name; mm and grounding share images (one encoder entry)."""
@@ -485,13 +263,10 @@ def plot(summary: dict, path: str, size: tuple[int, int] = (900, 500)) -> None:
     image.save(path, format="PNG")
 
 
-def write_results(summary: dict, name: str = "load") -> tuple[str, str]:
-    os.makedirs(RESULTS_DIR, exist_ok=True)
-    json_path, png_path = (os.path.join(RESULTS_DIR, f"{name}.{ext}") for ext in ("json", "png"))
-    with open(json_path, "w") as f:
-        json.dump({**summary, "machine": report.machine(), "passed": passed(summary)}, f, indent=1)
-    plot(summary, png_path)
-    return json_path, png_path
+def write_results(summary: dict, name: str = "load") -> str:
+    """benchmarks/results/<name>.json and .png; returns the common path stem."""
+    return report.write(report.RESULTS_DIR, name, {**summary, "machine": report.machine(), "passed": passed(summary)},
+                        plot)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -512,13 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         context = serve(args.model)
     with context as server:
         summary = run_load(server, args.clients, args.requests_per_client, args.rounds)
-    json_path, png_path = write_results(summary)
+    write_results(summary)
     rss = summary["server_rss_mib"]
     print(json.dumps({k: v for k, v in summary.items() if k not in ("records", "bad_statuses")}, indent=1))
     if rss["before"] is not None:  # known only with the server's pid
         print(f"server RSS MiB before: {rss['before']:.0f}, after each round: "
               + ", ".join(f"{m:.0f}" for m in rss["after_each_round"]))
-    print(f"wrote {json_path} and {png_path}; passed: {passed(summary)}")
+    print(f"passed: {passed(summary)}")
     return 0 if passed(summary) else 1
 
 

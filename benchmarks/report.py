@@ -1,4 +1,5 @@
-"""Where every benchmark's results go: `<out>/<stem>.json` and a PNG beside it."""
+"""Where every benchmark's results go (`<out>/<stem>.json` and a PNG beside it), the
+machine they ran on, and how a benchmark starts another as a child process."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 import platform
 import sys
 from typing import Callable
+
 
 def cpu_name() -> str:
     """The CPU's model name from /proc/cpuinfo, else what `platform` knows."""
@@ -25,7 +27,29 @@ def machine() -> dict:
             "memory_gib": memory / 2**30, "load_average": os.getloadavg()}
 
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+def versions(*dists: str) -> dict[str, str]:
+    """The version of each of `dists` that is installed; the others are left out."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for dist in dists:
+        try:
+            found[dist] = version(dist)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(ROOT, "benchmarks", "results")
+
+
+def child(module: str, *args: str, env: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+    """(command, environment) for `python -m module args` in a child process: the
+    repository root goes first on its PYTHONPATH, so it starts from any folder."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (ROOT, env.get("PYTHONPATH")) if p)
+    return [sys.executable, "-m", module, *args], env
 
 
 def gpu_args(doc: str, needs: str, argv: list[str] | None) -> argparse.Namespace | None:

@@ -7,18 +7,14 @@ bit for bit against torch before it is timed (triton.testing.do_bench medians). 
 scale, the same n rows' insertion-layer GEMMs (q/k/v, o, gate/up, down) are timed too:
 routing only matters next to them.
 
-    python benchmarks/routing.py        # writes results/routing.{json,png}
+    python -m benchmarks.routing        # writes results/routing.{json,png}
 """
 
 from __future__ import annotations
 
-import os
 import sys
 
-if not __package__:  # run as a script: make `iaa_kernels` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import report as report_files  # noqa: E402
+from benchmarks import report as report_files
 
 HIDDEN, INTERMEDIATE, KV = 4096, 14336, 1024  # Llama-3-8B: 32 q heads, 8 kv heads of 128
 SPAN = 577

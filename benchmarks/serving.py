@@ -1,8 +1,8 @@
 """Serving benchmarks: IAA vs LLaVA on MME-shaped requests, the text path vs stock
 Llama, mixed-workflow traffic, and memory. One command, JSON + PNG out.
 
-    .venv/bin/python benchmarks/serving.py --preset tiny     # CPU, a few minutes
-    python benchmarks/serving.py --preset real               # GPU, real shapes
+    .venv/bin/python -m benchmarks.serving --preset tiny     # CPU, a few minutes
+    python -m benchmarks.serving --preset real               # GPU, real shapes
 
 `tiny`: the tiny IAA checkpoint, the stock Llama cut out of it and a tiny LLaVA with
 the same Llama and CLIP (written to benchmarks/results/models/). On CPU the ratios
@@ -35,15 +35,10 @@ import os
 import statistics
 import sys
 
-if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import engine_runner, shapes
+from benchmarks import report as report_files
+from iaa_vllm.tokenizer import build_prompt
 
-from benchmarks import engine_runner  # noqa: E402
-from benchmarks import report as report_files  # noqa: E402
-from benchmarks import shapes  # noqa: E402
-from iaa_vllm.tokenizer import build_prompt  # noqa: E402
-
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MME_SUFFIX = "\nAnswer the question using a single word or phrase."
 MME_QUESTIONS = [  # MME-length questions (the dataset's are 8-20 words)
     "Is there a red car parked on the left side of the street in this image?",
@@ -339,9 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(MODES), default="tiny",
                         help="tiny: CPU-sized models; real: real shapes, dummy weights (GPU)")
-    parser.add_argument("--models-dir", default=os.path.join(RESULTS_DIR, "models"),
+    parser.add_argument("--models-dir", default=os.path.join(report_files.RESULTS_DIR, "models"),
                         help="where the benchmark's checkpoints are written (reused when present)")
-    parser.add_argument("--out", default=RESULTS_DIR, help="where serving_<preset>.{json,png} go")
+    parser.add_argument("--out", default=report_files.RESULTS_DIR, help="where serving_<preset>.{json,png} go")
     parser.add_argument("--quick", action="store_true", help="tiny mode with fewer requests (CI smoke run)")
     args = parser.parse_args(argv)
     if args.quick:

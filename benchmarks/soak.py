@@ -16,8 +16,8 @@ after `--warmup-minutes` (MiB per 1,000 requests and per hour), and the
 `/metrics` gauges once the load is over (no request running or waiting, KV usage
 back at its idle value) with the solo answers asked again.
 
-    .venv/bin/python benchmarks/soak.py --model checkpoints/tiny                # 20 minutes
-    .venv/bin/python benchmarks/soak.py --base-url http://127.0.0.1:8000 --pid SERVER_PID --minutes 5
+    .venv/bin/python -m benchmarks.soak --model checkpoints/tiny                # 20 minutes
+    .venv/bin/python -m benchmarks.soak --base-url http://127.0.0.1:8000 --pid SERVER_PID --minutes 5
 """
 
 from __future__ import annotations
@@ -25,17 +25,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 import time
 import urllib.request
 
 from PIL import Image, ImageDraw
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import load, report  # noqa: E402
+from benchmarks import load, report
+from iaa_vllm.local_server import Server, metric, metrics, serve, stream_chat, wait_idle
 
 KIND_COLOURS = {**load.COLOURS, "cancel": (148, 103, 189)}
 
@@ -53,7 +50,7 @@ def slot_kind(i: int, bad_every: int, cancel_every: int) -> str:
     return "good"
 
 
-def run_soak(server: load.Server, seconds: float, clients: int = 16, window_s: float = 300,
+def run_soak(server: Server, seconds: float, clients: int = 16, window_s: float = 300,
              warmup_s: float = 120, bad_every: int = 4, cancel_every: int = 6, cancel_after: int = 2,
              cancel_max_tokens: int = 128, sample_s: float = 5.0) -> dict:
     """The soak against a running server; the summary that `passed` judges."""
@@ -61,8 +58,8 @@ def run_soak(server: load.Server, seconds: float, clients: int = 16, window_s: f
     streams = {name: long_body(body, cancel_max_tokens) for name, body in good.items()}
     solo = load.solo_answers(server, good)
     solo_long = load.solo_answers(server, streams)
-    idle = load.wait_idle(server.base)
-    generated_before = load.metric(load.metrics(server.base), "vllm:generation_tokens_total")
+    idle = wait_idle(server.base)
+    generated_before = metric(metrics(server.base), "vllm:generation_tokens_total")
     counters = {k: [0] for k in ("good", "bad", "cancel")}
     good_names, bad_names = list(good), list(bad)
     deadline = time.perf_counter() + seconds
@@ -81,13 +78,13 @@ def run_soak(server: load.Server, seconds: float, clients: int = 16, window_s: f
         name = good_names[n % len(good_names)]
         after = cancel_after if n % 2 else 0  # alternately mid-stream and before the first token
         start = time.perf_counter()
-        streamed = load.stream_chat(server.base, streams[name], cancel_after=after)
+        streamed = stream_chat(server.base, streams[name], cancel_after=after)
         return {"kind": "cancel", "name": name, "cancel_after": after, "start_s": start - t0,
                 "latency_s": time.perf_counter() - start, **streamed}
 
     records, samples = load.sustained(server, job, clients, sample_s)
-    after_gauges = load.wait_idle(server.base, kv_idle=idle["vllm:kv_cache_usage_perc"])
-    generated = load.metric(load.metrics(server.base), "vllm:generation_tokens_total") - generated_before
+    after_gauges = wait_idle(server.base, kv_idle=idle["vllm:kv_cache_usage_perc"])
+    generated = metric(metrics(server.base), "vllm:generation_tokens_total") - generated_before
     solo_after = load.solo_answers(server, good)
     return summarise(records, samples, solo, solo_long, solo_after, idle, after_gauges, generated,
                      window_s=window_s, warmup_s=warmup_s, seconds=seconds, clients=clients)
@@ -222,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.base_url:
         with urllib.request.urlopen(f"{args.base_url}/v1/models", timeout=30) as response:
             model = json.load(response)["data"][0]["id"]
-        context = contextlib.nullcontext(load.Server(args.base_url.rstrip("/"), model, args.pid))
+        context = contextlib.nullcontext(Server(args.base_url.rstrip("/"), model, args.pid))
     else:
-        context = load.serve(args.model, kv_space_gib=args.kv_space_gib)
+        context = serve(args.model, kv_space_gib=args.kv_space_gib)
     machine_at_start = report.machine()
     with context as server:
         summary = run_soak(server, args.minutes * 60, args.clients, args.window_minutes * 60,

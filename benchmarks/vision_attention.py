@@ -10,7 +10,7 @@ its user calls it, on the same bf16 inputs, 1 to 64 images per call; every outpu
 checked against an fp32 reference first. xformers would replace vLLM's path only if it
 is faster.
 
-    python benchmarks/vision_attention.py   # writes results/vision_attention.{json,png}
+    python -m benchmarks.vision_attention   # writes results/vision_attention.{json,png}
 
 Needs a CUDA device; the FA3 path needs vLLM's `vllm_flash_attn` package (the GPU
 vLLM wheel; a provider that cannot be imported is reported and skipped).
@@ -18,13 +18,9 @@ vLLM wheel; a provider that cannot be imported is reported and skipped).
 
 from __future__ import annotations
 
-import os
 import sys
 
-if not __package__:  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from benchmarks import report as report_files  # noqa: E402
+from benchmarks import report as report_files
 
 TOKENS, HEADS, HEAD_DIM = 577, 16, 64
 IMAGES = [1, 2, 4, 8, 16, 32, 64]

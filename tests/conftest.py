@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.load import noise_image
 from tests import engines
 
 IMAGE_TOKENS = 576  # 336 px / 14 px patches, squared
@@ -63,7 +63,10 @@ def stock_engine(stock_dir):
     engines.stop_engine(llm)
 
 
-make_image = noise_image  # seeded random RGB pixels, shared with the load benchmark
+def make_image(width: int, height: int, seed: int) -> Image.Image:
+    """Seeded random RGB pixels: the same image for the same arguments, in every run."""
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
 
 
 @pytest.fixture(scope="session")
@@ -85,17 +88,17 @@ def reference_prompt_ids(tokenizer, prompt: str) -> list[int]:
 
 @pytest.fixture(scope="session")
 def iaa_server(tiny_dir):
-    """One `iaa-vllm serve` on loopback (a `benchmarks.load.Server`) for every server test.
+    """One `iaa-vllm serve` on loopback (an `iaa_vllm.local_server.Server`) for every server test.
 
     IAA_TEST_SERVER=http://127.0.0.1:PORT,PID reuses a running server instead (a
-    tiny checkpoint served with `benchmarks.load.SERVE_ARGS`): engine start takes
+    tiny checkpoint served with `local_server.SERVE_ARGS`): engine start takes
     minutes on a busy 2-core machine.
     """
     import json
     import os
     import urllib.request
 
-    from benchmarks.load import Server, serve
+    from iaa_vllm.local_server import Server, serve
 
     if os.environ.get("IAA_TEST_SERVER"):
         base, pid = os.environ["IAA_TEST_SERVER"].rsplit(",", 1)
@@ -117,7 +120,7 @@ def api(iaa_server):
 
 def chat_answer(server, body: dict) -> str:
     """The text of a chat completion that must succeed (a raw HTTP request, no client)."""
-    from benchmarks.load import post
+    from iaa_vllm.local_server import post
 
     status, reply = post(server.base, body)
     assert status == 200, reply

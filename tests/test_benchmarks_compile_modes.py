@@ -20,7 +20,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.mark.slow
 def test_cpu_smoke_run(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/compile_modes.py", "--quick", "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.compile_modes", "--quick", "--out", str(tmp_path),
                            "--models-dir", str(tmp_path / "models")],
                           cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]

@@ -62,7 +62,7 @@ def test_iaa_14_vs_llava_13b_flop_ratio():
 
 @pytest.mark.slow
 def test_cpu_smoke_run(tmp_path):
-    proc = subprocess.run([sys.executable, "benchmarks/serving.py", "--preset", "tiny", "--quick",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--preset", "tiny", "--quick",
                            "--out", str(tmp_path), "--models-dir", str(tmp_path / "models")],
                           cwd=REPO, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-4000:]

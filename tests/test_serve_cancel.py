@@ -13,31 +13,43 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from benchmarks import load
+from iaa_vllm import grounding
+from iaa_vllm.local_server import chat_body, encode, metric, metrics, png_bytes, stream_chat, wait_idle
+from tests.conftest import chat_answer, make_image
 
 pytestmark = pytest.mark.slow
 
-BODIES = ("text/colours", "mm/wide", "grounding/wide")  # one request of each workflow
 PER_MODE = 4  # streams per workflow and hang-up point: 3 x 2 x 4 = 24 at once
 MAX_TOKENS = 1000  # with ignore_eos: still generating when the client leaves
 
 
 def _generated(base: str) -> float:
-    return load.metric(load.metrics(base), "vllm:generation_tokens_total")
+    return metric(metrics(base), "vllm:generation_tokens_total")
+
+
+def _bodies(model: str) -> dict[str, dict]:
+    """One greedy request of each workflow (the load benchmark's text/colours, mm/wide, grounding/wide)."""
+    wide = encode(png_bytes(make_image(300, 200, 1)))
+    return {"text": chat_body(model, "Name three colours.", workflow="text"),
+            "mm": chat_body(model, "What is in this image?", wide, "mm"),
+            "grounding": chat_body(model, grounding.question("the left half"), wide, "grounding")}
+
+
+def _answers(server, bodies: dict[str, dict]) -> dict[str, str]:
+    return {name: chat_answer(server, body) for name, body in bodies.items()}
 
 
 def test_hung_up_streams_free_their_kv_blocks_and_requests(iaa_server):
-    good, _ = load.workload(iaa_server.model)
-    bodies = {name: good[name] for name in BODIES}
-    before = load.solo_answers(iaa_server, bodies)
-    idle = load.wait_idle(iaa_server.base)
+    bodies = _bodies(iaa_server.model)
+    before = _answers(iaa_server, bodies)
+    idle = wait_idle(iaa_server.base)
     assert idle["vllm:num_requests_running"] == 0 and idle["vllm:num_requests_waiting"] == 0
     generated_before = _generated(iaa_server.base)
 
-    jobs = [(name, after) for name in BODIES for after in (0, 2) for _ in range(PER_MODE)]
+    jobs = [(name, after) for name in bodies for after in (0, 2) for _ in range(PER_MODE)]
     long = {name: {**body, "max_tokens": MAX_TOKENS, "ignore_eos": True} for name, body in bodies.items()}
     with ThreadPoolExecutor(len(jobs)) as pool:
-        streams = list(pool.map(lambda job: load.stream_chat(iaa_server.base, long[job[0]], cancel_after=job[1]),
+        streams = list(pool.map(lambda job: stream_chat(iaa_server.base, long[job[0]], cancel_after=job[1]),
                                 jobs))
 
     mid = [s for (_, after), s in zip(jobs, streams) if after]
@@ -46,7 +58,7 @@ def test_hung_up_streams_free_their_kv_blocks_and_requests(iaa_server):
         if after:
             assert before[name].startswith(s["text"]) or s["text"].startswith(before[name]), (name, s)
 
-    gauges = load.wait_idle(iaa_server.base, kv_idle=idle["vllm:kv_cache_usage_perc"])
+    gauges = wait_idle(iaa_server.base, kv_idle=idle["vllm:kv_cache_usage_perc"])
     assert gauges["vllm:num_requests_running"] == 0, gauges
     assert gauges["vllm:num_requests_waiting"] == 0, gauges
     assert gauges["vllm:kv_cache_usage_perc"] <= idle["vllm:kv_cache_usage_perc"], (gauges, idle)
@@ -57,4 +69,4 @@ def test_hung_up_streams_free_their_kv_blocks_and_requests(iaa_server):
     generated = _generated(iaa_server.base) - generated_before
     assert generated < len(jobs) * MAX_TOKENS / 10, generated
 
-    assert load.solo_answers(iaa_server, bodies) == before
+    assert _answers(iaa_server, bodies) == before

@@ -17,7 +17,7 @@ import urllib.request
 import psutil
 import pytest
 
-from benchmarks.load import chat_body, post, serve
+from iaa_vllm.local_server import chat_body, post, serve
 from iaa_vllm.cli import ENGINE_DIED_EXIT
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,7 @@ in one call of at most 10 minutes, in priority order, under one deadline.
 
     bash benchmarks/gpu/run.sh OUTDIR                # the GPU host (unpacks .gpu/ first)
     bash benchmarks/gpu/run.sh --cpu-smoke OUTDIR    # CPU, tiny stand-ins (CI)
-    python benchmarks/gpu/run.py OUTDIR [options]    # where vLLM already imports
+    python -m benchmarks.gpu.run OUTDIR [options]    # where vLLM already imports
 
 Steps (benchmarks/gpu/steps.py):
 1. vLLM loads and computes: vllm_check.py (vLLM's kernels against torch), and the
@@ -36,15 +36,11 @@ import sys
 import tempfile
 import time
 
-if not __package__:  # run as a script: make `benchmarks` and `iaa_vllm` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from benchmarks import engine_runner, serving
+from benchmarks import report as report_files
+from benchmarks.gpu import goals, targets
+from benchmarks.gpu.steps import PAIRS, STEPS, Engine, warmup
 
-from benchmarks import engine_runner, serving  # noqa: E402
-from benchmarks import report as report_files  # noqa: E402
-from benchmarks.gpu import goals, targets  # noqa: E402
-from benchmarks.gpu.steps import PAIRS, STEPS, Engine, warmup  # noqa: E402
-
-HERE = os.path.dirname(os.path.abspath(__file__))
 CHECK_S = 30  # step 1's guess: importing vLLM and the kernel checks
 RESERVE_S = 10  # kept back at the deadline: killing an engine and writing the JSON
 
@@ -98,7 +94,7 @@ class Run:
                 record, f"needs ~{CHECK_S} s, {self.left():.0f} s left of --budget-s {self.args.budget_s:.0f}")
         self.say("step 1: vLLM check")
         started = time.time()
-        ours = self._run_check([sys.executable, os.path.join(HERE, "vllm_check.py")])
+        ours = self._run_check(*report_files.child("benchmarks.gpu.vllm_check"))
         record["result"] = {"vllm_check": ours}
         record["checks"] = {"vllm_ops": bool(ours.get("passed"))}
         if self.args.gpu_check:
@@ -114,9 +110,10 @@ class Run:
         self.say(f"step 1: {record['checks']}")
         self.save()
 
-    def _run_check(self, command: list[str], parse: str = "json") -> dict:
+    def _run_check(self, command: list[str], env: dict[str, str] | None = None, parse: str = "json") -> dict:
         try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=min(240, max(1, self.left())))
+            proc = subprocess.run(command, env=env, capture_output=True, text=True,
+                                  timeout=min(240, max(1, self.left())))
         except subprocess.TimeoutExpired:
             return {"exit": None, "error": "timed out"}
         if parse == "lines":  # gpu_check.py: one PASS / FAIL line per check

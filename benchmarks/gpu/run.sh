@@ -61,5 +61,5 @@ if [ "$CPU_SMOKE" = 0 ] && [ -n "$BUNDLE" ]; then
 fi
 echo "run.sh: $NOTE; python $PY"
 
-exec "$PY" benchmarks/gpu/run.py --started-at "$START" --command "$COMMAND" --setup-note "$NOTE" \
+exec "$PY" -m benchmarks.gpu.run --started-at "$START" --command "$COMMAND" --setup-note "$NOTE" \
     "${GPU_CHECK[@]}" "${ARGS[@]}"

@@ -8,18 +8,15 @@ silu_and_mul, gelu_quick and the neox rotary embedding. Prints one JSON object
 within tolerance. On the GPU host the bundle's `.gpu/gpu_check.py` runs beside it
 (FlashAttention-3 too); this one also runs where vLLM is installed normally.
 
-    python benchmarks/gpu/vllm_check.py
+    python -m benchmarks.gpu.vllm_check
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import sys
 import time
-
-if not __package__:  # run as a script: make `benchmarks` importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 # Max relative error allowed, per dtype: fp32 kernels agree with torch to rounding
 # (measured 1.2e-7 on CPU); bf16 keeps 8 bits of mantissa, 2e-2 as the bundle's check.
@@ -101,7 +98,8 @@ def _rotary(ops, torch, randn, device, dtype) -> float:
     return max(_rel(q, ref_q), _rel(k, ref_k))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # no options; --help
     started = time.perf_counter()
     import torch
     import transformers
