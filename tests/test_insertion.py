@@ -214,9 +214,11 @@ def test_decode_steps_with_a_single_routed_row_were_checked(captured):
     assert 1 in routed  # the grounding request's last decodes ran alone
 
 
-def test_a_prefill_was_chunked_inside_an_image(captured):
+def test_a_prefill_was_chunked_inside_an_image(captured, iaa_engine):
     """The rows after the chunk boundary attended to the first chunk's paged KV."""
     calls, _ = captured
+    budget = iaa_engine.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+    assert budget == 4096, "REQUESTS are sized for vLLM's CPU default step budget (LLM class)"
     # Step one: all eight prompts, 62 + 3,634 rows, then the last one's first 400 rows.
     assert calls[0]["query_start_loc"].tolist()[-2:] == [3696, 4096]
     continued = [
@@ -226,3 +228,11 @@ def test_a_prefill_was_chunked_inside_an_image(captured):
     ]
     # Step two goes on at row 400, inside the image (rows 1-576), at every depth.
     assert continued == [400] * len({c["layer"] for c in calls})
+
+
+def test_the_batch_answers_as_the_reference(captured, reference, tokenizer):
+    """End to end on the same batch: the chunked-in-its-image prompt included (greedy ids, logprobs)."""
+    _, outputs = captured
+    for (workflow, request, _, _), output in zip(REQUESTS, outputs):
+        if workflow != "text":  # text: bit-identical to stock Llama, tests/test_model.py
+            engines.assert_matches_reference(output, reference, tokenizer, request, workflow)
