@@ -11,7 +11,7 @@ presets: `tiny` (hidden 64) and `mid` (hidden 512, where the matmuls start to co
 Per size and mode, each engine in its own process (engine_runner.py):
 - text path: the same greedy text batch (ignore_eos, fixed max_tokens) on IAA
   (workflow `text`) and on the stock vLLM Llama cut out of it
-  (stock_llama.py), in the same mode: output tokens/s, fastest of
+  (iaa_vllm/stock_llama.py), in the same mode: output tokens/s, fastest of
   `--repeat` runs; the IAA / stock ratio; whether the token ids are identical.
 - mixed traffic: text / mm / grounding 1:1:1 submitted at once to the IAA engine:
   throughput and latency p50 (fastest of `--repeat` runs).
@@ -46,7 +46,7 @@ def write_models(size: str, root: str) -> dict[str, str]:
     """The IAA checkpoint of preset `size` and the stock Llama cut out of it, under
     `root/size` (serving.py's layout, so both benchmarks share the tiny pair).
     Rewritten when the preset no longer matches the config on disk."""
-    from benchmarks.stock_llama import write_stock_llama
+    from iaa_vllm.stock_llama import write_stock_llama
     from iaa_vllm import checkpoint
 
     iaa, llama = os.path.join(root, size, f"iaa-{size}"), os.path.join(root, size, "llama")

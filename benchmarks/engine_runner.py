@@ -33,8 +33,8 @@ import tempfile
 import time
 
 from benchmarks import report as report_files
-from benchmarks.images import noise_image
-from iaa_vllm.local_server import stop_process_group
+from iaa_vllm import EXTRA_ARGS_KEY
+from iaa_vllm.local_server import noise_image, stop_process_group
 
 # Execution modes -> vLLM engine args. `compiled` is vLLM's default: torch.compile
 # on CPU (DYNAMO_TRACE_ONCE + inductor), torch.compile + CUDA graphs on a GPU.
@@ -77,7 +77,7 @@ def build_inputs(request: dict):
     prompt = {"prompt": request["prompt"]}
     if request.get("image"):
         prompt["multi_modal_data"] = {"image": make_image(*request["image"])}
-    extra = {"iaa_workflow": request["workflow"]} if request.get("workflow") else None
+    extra = {EXTRA_ARGS_KEY: request["workflow"]} if request.get("workflow") else None
     # ignore_eos: every model produces exactly max_tokens, so the work is comparable.
     params = SamplingParams(temperature=0.0, max_tokens=request["max_tokens"], ignore_eos=True,
                             extra_args=extra)

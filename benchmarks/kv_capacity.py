@@ -25,7 +25,7 @@ import sys
 import time
 
 from benchmarks import report as report_files
-from benchmarks.stock_llama import write_stock_llama
+from iaa_vllm.stock_llama import write_stock_llama
 
 RESULT_TAG = "KV_CAPACITY_RESULT "
 # vLLM logs the engine-specific part of the start (profile, KV cache, warm-up).

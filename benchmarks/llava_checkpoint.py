@@ -19,7 +19,7 @@ import os
 import transformers
 
 from benchmarks import shapes
-from benchmarks.stock_llama import is_frozen
+from iaa_vllm.stock_llama import is_frozen
 from iaa_vllm import checkpoint, tokenizer
 from iaa_vllm.engine import clip_defaults
 

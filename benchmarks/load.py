@@ -37,9 +37,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from benchmarks import report
-from benchmarks.images import noise_image
-from iaa_vllm.local_server import (Server, chat_body, decompression_bomb, encode, png_bytes, post, serve,
-                                   server_memory)
+from iaa_vllm.local_server import (Server, chat_body, decompression_bomb, encode, noise_image, png_bytes, post,
+                                   serve, server_memory)
 
 BAD_EVERY = 4  # every fourth scheduled request is a bad one
 COLOURS = {"text": (31, 119, 180), "mm": (44, 160, 44), "grounding": (255, 127, 14), "bad": (214, 39, 40)}

@@ -5,7 +5,7 @@ Three configurations under the same server settings (`local_server.SERVE_ARGS`, 
 sending greedy requests one after another until `--requests` have been answered):
 
 - `stock`: vLLM's own `LlamaForCausalLM`, the frozen weights cut out of the IAA
-  checkpoint (`stock_llama.py`), sent the text requests;
+  checkpoint (`iaa_vllm/stock_llama.py`), sent the text requests;
 - `iaa-text`: the IAA checkpoint, sent the very same text request bodies;
 - `iaa-mixed`: the IAA checkpoint, sent text, mm and grounding requests in turn.
 
@@ -153,7 +153,7 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
     """The model each configuration serves; the stock one is cut out of `--model` unless given."""
     stock = args.stock_model
     if stock is None and "stock" in args.configs:
-        from benchmarks.stock_llama import write_stock_llama
+        from iaa_vllm.stock_llama import write_stock_llama
 
         stock = write_stock_llama(args.model, tempfile.mkdtemp(prefix="iaa-stock-llama-"))
     return {"stock": stock, "iaa-text": args.model, "iaa-mixed": args.model}
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default="checkpoints/tiny", help="the IAA checkpoint to serve")
     parser.add_argument("--stock-model", help="a stock Llama checkpoint (default: cut out of --model "
-                                              "into a temporary directory with stock_llama.py)")
+                                              "into a temporary directory with iaa_vllm/stock_llama.py)")
     parser.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS),
                         help="configurations to run, in this order")
     parser.add_argument("--runs", type=int, default=2, help="independent runs per configuration, a fresh server each")

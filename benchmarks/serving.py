@@ -99,7 +99,7 @@ def write_iaa(path: str, preset: str, dtype: str, dummy: bool) -> str:
 def write_stock(iaa_dir: str, path: str, dummy: bool) -> str:
     """The stock Llama of the IAA checkpoint `iaa_dir` at `path`: its frozen weights cut
     out, or, when `dummy`, the Llama config and tokenizer only."""
-    from benchmarks.stock_llama import llama_config, write_stock_llama
+    from iaa_vllm.stock_llama import llama_config, write_stock_llama
     from iaa_vllm import tokenizer
 
     if os.path.isfile(os.path.join(path, "config.json")):

@@ -33,7 +33,10 @@ import urllib.request
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image
+
+from iaa_vllm import EXTRA_ARGS_KEY
 
 SERVE_ARGS = ("--dtype", "float32", "--max-model-len", "2048")  # the CPU settings of the tests and benchmarks
 MAX_TOKENS = 8  # chat_body's default: short greedy answers
@@ -255,6 +258,13 @@ def encode(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
 
+def noise_image(width: int, height: int, seed: int) -> Image.Image:
+    """Seeded random RGB pixels, so tests and benchmarks need no dataset: the same
+    pixels for the same (width, height, seed), in every run."""
+    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
 def png_bytes(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
@@ -281,5 +291,5 @@ def chat_body(model: str, text: str, image_url: str | None = None, workflow: str
     body = {"model": model, "max_tokens": MAX_TOKENS, "temperature": 0,
             "messages": [{"role": "user", "content": content}], **options}
     if workflow:
-        body["vllm_xargs"] = {"iaa_workflow": workflow}
+        body["vllm_xargs"] = {EXTRA_ARGS_KEY: workflow}
     return body

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from PIL import Image
 
+from iaa_vllm.local_server import noise_image
 from tests import engines
-
-IMAGE_TOKENS = 576  # 336 px / 14 px patches, squared
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +42,7 @@ def iaa_engine(tiny_dir):
 @pytest.fixture(scope="session")
 def stock_dir(tiny_dir, tmp_path_factory) -> str:
     """A stock `LlamaForCausalLM` checkpoint: the frozen weights cut out of the tiny one."""
-    from benchmarks.stock_llama import write_stock_llama
+    from iaa_vllm.stock_llama import write_stock_llama
 
     out = str(tmp_path_factory.mktemp("stock") / "llama")
     write_stock_llama(tiny_dir, out)
@@ -63,27 +61,10 @@ def stock_engine(stock_dir):
     engines.stop_engine(llm)
 
 
-def make_image(width: int, height: int, seed: int) -> Image.Image:
-    """Seeded random RGB pixels: the same image for the same arguments, in every run."""
-    pixels = np.random.RandomState(seed).randint(0, 256, (height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 @pytest.fixture(scope="session")
 def images() -> list[Image.Image]:
     """A wide, a tall and a square image (padding to square matters for the first two)."""
-    return [make_image(300, 200, 1), make_image(180, 260, 2), make_image(336, 336, 3)]
-
-
-def reference_prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """Token ids as vLLM should build them: tokenize, expand the image token to 576."""
-    from iaa_vllm.tokenizer import IMAGE_TOKEN_ID
-
-    ids = tokenizer(prompt)["input_ids"]
-    expanded = []
-    for token in ids:
-        expanded.extend([token] * IMAGE_TOKENS if token == IMAGE_TOKEN_ID else [token])
-    return expanded
+    return [noise_image(300, 200, 1), noise_image(180, 260, 2), noise_image(336, 336, 3)]
 
 
 @pytest.fixture(scope="session")
@@ -116,12 +97,3 @@ def api(iaa_server):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{iaa_server.base}/v1", api_key="EMPTY")
-
-
-def chat_answer(server, body: dict) -> str:
-    """The text of a chat completion that must succeed (a raw HTTP request, no client)."""
-    from iaa_vllm.local_server import post
-
-    status, reply = post(server.base, body)
-    assert status == 200, reply
-    return reply["choices"][0]["message"]["content"]

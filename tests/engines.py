@@ -106,7 +106,7 @@ LOGPROB_ATOL = 1e-3
 
 
 def assert_matches_reference(output, reference, tokenizer, request, workflow):
-    from tests.conftest import reference_prompt_ids
+    from tests.inputs import reference_prompt_ids
 
     expected_prompt = reference_prompt_ids(tokenizer, request["prompt"])
     assert list(output.prompt_token_ids) == expected_prompt

@@ -2,24 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import io
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 
-from tests.conftest import make_image
-
-
-def _post(url: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=120) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
+from iaa_vllm.local_server import encode, noise_image, png_bytes, post
 
 
 @pytest.fixture(scope="module")
@@ -32,23 +17,17 @@ def served_model(iaa_server) -> str:
     return iaa_server.model
 
 
-def _image_url() -> str:
-    buffer = io.BytesIO()
-    make_image(300, 200, 1).save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-
-
 def _chat(base: str, model: str, content, workflow: str | None):
     body = {"model": model, "max_tokens": 4, "temperature": 0,
             "messages": [{"role": "user", "content": content}]}
     if workflow:
         body["vllm_xargs"] = {"iaa_workflow": workflow}
-    return _post(f"{base}/v1/chat/completions", body)
+    return post(base, body, timeout=120)
 
 
 @pytest.mark.slow
 def test_serve_answers_every_workflow_and_rejects_bad_ones(server, served_model):
-    image = [{"type": "image_url", "image_url": {"url": _image_url()}},
+    image = [{"type": "image_url", "image_url": {"url": encode(png_bytes(noise_image(300, 200, 1)))}},
              {"type": "text", "text": "What is this?"}]
     answers = {}
     for workflow in ("mm", "grounding", None):

@@ -9,9 +9,9 @@ import os
 import pytest
 from PIL import Image
 
-from iaa_vllm.local_server import chat_body, encode, png_bytes
 from iaa_vllm import client, grounding
-from tests.conftest import chat_answer, make_image
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes
+from tests.inputs import chat_answer
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def _example(name: str):
 
 
 def test_data_url_keeps_file_bytes_and_encodes_pil_as_png(tmp_path):
-    image = make_image(40, 30, 3)
+    image = noise_image(40, 30, 3)
     image.save(tmp_path / "a.jpg", format="JPEG")
     url = client.data_url(tmp_path / "a.jpg")
     assert url.startswith("data:image/jpeg;base64,")
@@ -36,7 +36,7 @@ def test_data_url_keeps_file_bytes_and_encodes_pil_as_png(tmp_path):
 
 
 def test_chat_matches_a_raw_request(iaa_server, api):
-    image = make_image(300, 200, 1)
+    image = noise_image(300, 200, 1)
     assert client.served_model(api) == iaa_server.model
     raw = chat_answer(iaa_server, chat_body(iaa_server.model, "What is this?", encode(png_bytes(image))))
     assert client.chat(api, "What is this?", image, max_tokens=8) == raw  # default: mm
@@ -46,7 +46,7 @@ def test_chat_matches_a_raw_request(iaa_server, api):
 
 @pytest.mark.parametrize("size", [(300, 200), (180, 260)])
 def test_ground_returns_the_answer_and_its_pixel_boxes(iaa_server, api, tmp_path, size):
-    image = make_image(*size, seed=4)
+    image = noise_image(*size, seed=4)
     image.save(tmp_path / "img.png")
     body = chat_body(iaa_server.model, grounding.question("the left half"), encode(png_bytes(image)),
                      "grounding", max_tokens=24)

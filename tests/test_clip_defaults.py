@@ -13,8 +13,8 @@ import torch
 from iaa_vllm.engine import clip_defaults
 from iaa_vllm.engine import config as iaa_config
 from iaa_vllm.engine.processing import clip_image_processor, pixel_values
+from iaa_vllm.local_server import noise_image
 from tests import reference
-from tests.conftest import make_image
 
 
 def test_the_vision_config_matches_the_reference_and_is_all_clip_fields():
@@ -43,7 +43,7 @@ def test_the_builtin_preprocessor_equals_the_release_preprocessing(size):
     """A release checkpoint with no tower folder preprocesses exactly as the reference."""
     config = iaa_config.IAAConfig()  # mm_vision_tower: openai/clip-vit-large-patch14-336
     assert iaa_config.preprocessor_config(config) == clip_defaults.CLIP_L_336_PREPROCESSOR
-    image = make_image(*size, seed=7)
+    image = noise_image(*size, seed=7)
     ours = pixel_values(clip_image_processor(config), [image])[0]
     # Same PIL bicubic resize; 1e-5 absorbs float32 rescale/normalise order.
     torch.testing.assert_close(ours, reference.IAAReference.preprocess(image), atol=1e-5, rtol=0)

@@ -8,7 +8,7 @@ import pytest
 
 from iaa_vllm import grounding
 from iaa_vllm.engine.processing import expand_to_square
-from tests.conftest import make_image
+from iaa_vllm.local_server import noise_image
 
 SIZES = [(640, 480), (480, 640), (1000, 37), (37, 1000), (333, 333), (1, 9), (9, 1)]
 
@@ -40,7 +40,7 @@ def test_text_round_trip_within_the_printed_precision(width, height):
 
 
 def test_mapping_agrees_with_the_padding_the_model_saw():
-    image = make_image(300, 120, 0)
+    image = noise_image(300, 120, 0)
     square = expand_to_square(image, (122, 116, 104))
     # The image's top-left pixel sits at the pad offset inside the square.
     pad_y = (300 - 120) // 2

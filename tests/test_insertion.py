@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from iaa_vllm.engine.config import IMAGE_TOKEN
+from iaa_vllm.local_server import noise_image
 from tests import engines
-from tests.conftest import IMAGE_TOKENS, make_image
+from tests.inputs import IMAGE_TOKENS
 from tests.reference import PARTS, llama_layer, rope_cos_sin
 
 # fp32 on both sides; vLLM's fused add+RMSNorm, CPU paged attention and oneDNN GEMMs
@@ -121,7 +122,7 @@ def reference_layer(reference, workflow: str, layer: int, stream: torch.Tensor) 
 
 def image_prompt(text: str, seed: int) -> dict:
     """A raw prompt: BOS, the image token, then `text` (no chat template: few text tokens)."""
-    return {"prompt": IMAGE_TOKEN + text, "multi_modal_data": {"image": make_image(320, 200, seed)}}
+    return {"prompt": IMAGE_TOKEN + text, "multi_modal_data": {"image": noise_image(320, 200, seed)}}
 
 
 # Awkward rows: 1 and 7 text tokens next to the 576 image tokens, chat-formatted
@@ -134,10 +135,10 @@ REQUESTS = [
     ("mm", image_prompt("", 101), 3, 1),
     ("grounding", image_prompt("\nIs there a cat?", 102), 8, 7),
     ("grounding", image_prompt("", 103), 2, 1),
-    ("mm", engines.image_request(engines.QUESTIONS[0], make_image(200, 280, 104)), 4, None),
+    ("mm", engines.image_request(engines.QUESTIONS[0], noise_image(200, 280, 104)), 4, None),
     ("grounding", engines.image_request("Where is the dog on the left of the red car?",
-                                        make_image(336, 336, 105)), 3, None),
-    ("mm", engines.image_request(engines.QUESTIONS[1], make_image(250, 250, 106)), 2, None),
+                                        noise_image(336, 336, 105)), 3, None),
+    ("mm", engines.image_request(engines.QUESTIONS[1], noise_image(250, 250, 106)), 2, None),
     ("mm", image_prompt("\nthe red circle, left", 107), 5, 7),
 ]
 # A salt of their own: no prefix-cache hit from another test may skip rows.

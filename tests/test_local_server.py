@@ -108,6 +108,13 @@ def test_chat_body_is_greedy_and_names_the_workflow():
     assert text["max_tokens"] == local_server.MAX_TOKENS
 
 
+def test_noise_image_is_the_same_for_the_same_arguments():
+    image = local_server.noise_image(30, 20, 1)
+    assert image.size == (30, 20) and image.mode == "RGB"
+    assert image.tobytes() == local_server.noise_image(30, 20, 1).tobytes()
+    assert image.tobytes() != local_server.noise_image(30, 20, 2).tobytes()
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)

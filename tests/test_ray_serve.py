@@ -24,7 +24,7 @@ import urllib.request
 import psutil
 import pytest
 
-from tests.conftest import make_image
+from iaa_vllm.local_server import noise_image
 
 MODEL_ID = "iaa-tiny"  # examples/ray_serve.yaml's model_id
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "ray_serve.py")
@@ -41,7 +41,7 @@ def _free_port() -> int:
 
 def _image_url(seed: int) -> str:
     buffer = io.BytesIO()
-    make_image(300, 200, seed).save(buffer, format="PNG")
+    noise_image(300, 200, seed).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 

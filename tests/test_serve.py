@@ -14,8 +14,8 @@ import urllib.request
 
 import pytest
 
-from iaa_vllm.local_server import chat_body, encode, png_bytes, post
-from tests.conftest import chat_answer, make_image, reference_prompt_ids
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, post
+from tests.inputs import chat_answer, reference_prompt_ids
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +46,7 @@ def _metric(text: str, name: str) -> float:
 def test_metrics_count_requests_and_tokens(iaa_server):
     status, before = _get(f"{iaa_server.base}/metrics")
     assert status == 200
-    body = chat_body(iaa_server.model, "What is this?", encode(png_bytes(make_image(64, 48, 5))), "grounding")
+    body = chat_body(iaa_server.model, "What is this?", encode(png_bytes(noise_image(64, 48, 5))), "grounding")
     chat_answer(iaa_server, body)
     for _ in range(50):  # stats are logged just after the response is sent
         after = _get(f"{iaa_server.base}/metrics")[1]
@@ -61,7 +61,7 @@ def test_metrics_count_requests_and_tokens(iaa_server):
 
 
 def test_streaming_gives_the_same_answer_as_one_response(iaa_server, api):
-    url = encode(png_bytes(make_image(300, 200, 1)))
+    url = encode(png_bytes(noise_image(300, 200, 1)))
     for workflow in ("text", "mm", "grounding"):
         body = chat_body(iaa_server.model, "What is this?", None if workflow == "text" else url, workflow)
         whole = chat_answer(iaa_server, body)
@@ -77,7 +77,7 @@ def test_streaming_gives_the_same_answer_as_one_response(iaa_server, api):
 def test_chat_template_adds_the_release_system_prompt(iaa_server, tokenizer):
     from iaa_vllm.tokenizer import build_prompt
 
-    body = chat_body(iaa_server.model, "What is this?", encode(png_bytes(make_image(64, 64, 6))), "mm",
+    body = chat_body(iaa_server.model, "What is this?", encode(png_bytes(noise_image(64, 64, 6))), "mm",
                      return_token_ids=True)
     status, reply = post(iaa_server.base, body)
     assert status == 200, reply
@@ -103,7 +103,7 @@ class _OneImage(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def image_host():
-    _OneImage.png = png_bytes(make_image(300, 200, 1))
+    _OneImage.png = png_bytes(noise_image(300, 200, 1))
     host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OneImage)
     thread = threading.Thread(target=host.serve_forever, daemon=True)
     thread.start()

@@ -14,13 +14,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iaa_vllm.local_server import chat_body, decompression_bomb, encode, png_bytes, post, server_rss
-from tests.conftest import make_image
+from iaa_vllm.local_server import chat_body, decompression_bomb, encode, noise_image, png_bytes, post, server_rss
 
 pytestmark = pytest.mark.slow
 
-PNG = png_bytes(make_image(300, 200, 1))
-JPEG = png_bytes(make_image(300, 200, 1), "JPEG")
+PNG = png_bytes(noise_image(300, 200, 1))
+JPEG = png_bytes(noise_image(300, 200, 1), "JPEG")
 
 
 def _image(url: str, **options):
@@ -108,7 +107,7 @@ def _animated_gif() -> bytes:
     return buffer.getvalue()
 
 
-RGB = make_image(120, 80, 7)
+RGB = noise_image(120, 80, 7)
 OPAQUE_RGBA = RGB.convert("RGBA")  # alpha 255 everywhere: must see exactly the RGB pixels
 PALETTE = RGB.convert("P")
 # name: (image bytes, mime, an RGB PNG the server must treat identically, or None: served is enough)

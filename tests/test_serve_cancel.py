@@ -14,8 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from iaa_vllm import grounding
-from iaa_vllm.local_server import chat_body, encode, metric, metrics, png_bytes, stream_chat, wait_idle
-from tests.conftest import chat_answer, make_image
+from iaa_vllm.local_server import chat_body, encode, metric, metrics, noise_image, png_bytes, stream_chat, wait_idle
+from tests.inputs import chat_answer
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def _generated(base: str) -> float:
 
 def _bodies(model: str) -> dict[str, dict]:
     """One greedy request of each workflow (the load benchmark's text/colours, mm/wide, grounding/wide)."""
-    wide = encode(png_bytes(make_image(300, 200, 1)))
+    wide = encode(png_bytes(noise_image(300, 200, 1)))
     return {"text": chat_body(model, "Name three colours.", workflow="text"),
             "mm": chat_body(model, "What is in this image?", wide, "mm"),
             "grounding": chat_body(model, grounding.question("the left half"), wide, "grounding")}

@@ -13,13 +13,12 @@ import time
 
 import pytest
 
-from iaa_vllm.local_server import chat_body, encode, png_bytes, post, serve
-from tests.conftest import make_image
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, post, serve
 from tests.media_origin import UNRESOLVABLE_URL, MediaOrigin
 
 pytestmark = pytest.mark.slow
 
-PNG = png_bytes(make_image(300, 200, 1))
+PNG = png_bytes(noise_image(300, 200, 1))
 FETCH_TIMEOUT_S, FETCH_TRIES, MAX_DOWNLOAD_MB = 2, 2, 1
 # vLLM's retry loop: try i waits FETCH_TIMEOUT_S * 4**i, then sleeps 4**i s before the next.
 STALL_BOUND_S = sum(FETCH_TIMEOUT_S * 4**i for i in range(FETCH_TRIES)) + sum(4**i for i in range(FETCH_TRIES - 1))

@@ -1,15 +1,22 @@
-"""A dead engine is visible: /health stops answering 200 and `iaa-vllm serve` exits non-zero, promptly.
+"""A dead engine is visible (engine_death.py): /health stops answering 200 and
+`iaa-vllm serve` exits non-zero, promptly.
 
-The test SIGKILLs the engine core process (as the kernel's OOM killer would) of
+The server test SIGKILLs the engine core process (as the kernel's OOM killer would) of
 a server of its own, one per model: the IAA checkpoint, and the stock Llama cut
 out of it, which `iaa-vllm serve` serves as plain vLLM. Both must behave alike.
 vLLM alone exits 0 here, as after SIGTERM; `iaa-vllm serve` exits
 `ENGINE_DIED_EXIT` so that a supervisor restarting on failure restarts it.
+
+The watch that tells a death from a requested stop is also checked alone, without
+an engine, in a process of its own.
 """
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,10 +24,8 @@ import urllib.request
 import psutil
 import pytest
 
-from iaa_vllm.local_server import chat_body, post, serve
 from iaa_vllm.cli import ENGINE_DIED_EXIT
-
-pytestmark = pytest.mark.slow
+from iaa_vllm.local_server import chat_body, post, serve
 
 # Measured on the 2-core CI VM: /health 503 within 0.3 s, exit after 4-7 s (vLLM's
 # watchdog looks every 5 s, then the engine client shuts down). Bounds leave room for load.
@@ -45,6 +50,7 @@ def doomed_server(request, tiny_dir, stock_dir):
         yield server
 
 
+@pytest.mark.slow
 def test_engine_death_fails_health_and_exits_nonzero(doomed_server):
     server = doomed_server
     status, reply = post(server.base, chat_body(server.model, "Hello", max_tokens=2))
@@ -74,3 +80,38 @@ def test_engine_death_fails_health_and_exits_nonzero(doomed_server):
     assert not alive, f"processes left behind: {alive}"  # nothing holds memory or the port for the restart
     with open(server.log, encoding="utf-8", errors="replace") as log:
         assert f"the engine died; exiting {ENGINE_DIED_EXIT}" in log.read()
+
+
+_DEATH_WATCH_SCRIPT = """
+import importlib, sys
+from vllm.v1.engine.async_llm import AsyncLLM
+from iaa_vllm.engine import compat
+from iaa_vllm.engine_death import watch_engine_death
+
+died = watch_engine_death()
+assert watch_engine_death() is died  # idempotent
+launcher = importlib.import_module(compat.API_LAUNCHER_MODULE)
+
+class Server:
+    should_exit = False
+
+class DeadEngine:  # what vLLM's launcher reads of a dead engine
+    errored, is_running = True, False
+
+if sys.argv[1] == "stop":
+    try:
+        AsyncLLM.shutdown(None)  # a requested stop begins with the engine client's shutdown
+    except AttributeError:
+        pass
+launcher.terminate_if_errored(Server(), DeadEngine())
+print("died" if died() else "stopped")
+"""
+
+
+@pytest.mark.parametrize("scenario, verdict", [("death", "died"), ("stop", "stopped")])
+def test_engine_death_watch_tells_a_death_from_a_requested_stop(scenario, verdict):
+    # A process each: the watch is process-wide, as in `iaa-vllm serve`.
+    done = subprocess.run([sys.executable, "-c", _DEATH_WATCH_SCRIPT, scenario], capture_output=True,
+                          text=True, timeout=300, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-1] == verdict

@@ -1,9 +1,10 @@
 """A stock `LlamaForCausalLM` checkpoint cut out of an IAA checkpoint.
 
-IAA's frozen decoder is a plain Llama (design.md section 1), so its tensors alone
+IAA's frozen decoder is a plain Llama (docs/design.md §1), so its tensors alone
 (`model.embed_tokens`, `model.layers.*`, `model.norm`, `lm_head`) plus the Llama
-fields of the config make a checkpoint that stock vLLM serves. Benchmarks compare
-against it; tests check the `text` workflow is bit-identical to it.
+fields of the config make a checkpoint that stock vLLM serves: the like-for-like
+baseline. Benchmarks compare against it; tests check the `text` workflow is
+bit-identical to it.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import shutil
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from iaa_vllm.checkpoint import INDEX_FILE
+
 FROZEN_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                 "generation_config.json")
-INDEX_FILE = "model.safetensors.index.json"
 
 
 def is_frozen(name: str) -> bool:
