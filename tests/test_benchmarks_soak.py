@@ -37,6 +37,6 @@ def test_soak_loses_nothing_and_holds_nothing(iaa_server):
     assert len(summary["latency_windows"]) >= 3  # 30 s windows over 90 s of load
     assert all(w["good_requests"] > 0 for w in summary["latency_windows"][:3])
     # MiB per 1,000 requests after warm-up, all server processes. A bound on the leak
-    # rate, not a speed: far above the measured rate (README, Load test), far below
+    # rate, not a speed: far above the measured rate (docs/reliability.md, Soak), far below
     # what a per-request copy of an image or KV block would cost.
     assert summary["rss_slope_mib_per_1000_requests"]["total"] < 100
