@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import torch
 import transformers
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -27,6 +28,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 STD = 0.02  # matrices and embeddings, as Llama's initializer_range
 SMALL = 0.01  # biases and the noise around 1 in norm weights
 INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"  # an unsharded checkpoint, which has no index
 CLIP_PREFIX = weights.VISION_PREFIX + "vision_model."
 VISION_DIR = "vision_tower"
 
@@ -258,11 +260,20 @@ def write_checkpoint(dirpath: str | os.PathLike, preset: str = "tiny", dtype: st
     return CheckpointInfo(dirpath, preset, dtype, len(plan), num_params, num_bytes, [] if config_only else files)
 
 
+def weight_map(dirpath: str | os.PathLike) -> dict[str, str]:
+    """Tensor name -> the safetensors file holding it: from the index of a sharded
+    checkpoint, else from the keys of a lone `model.safetensors`."""
+    index = os.path.join(dirpath, INDEX_FILE)
+    if os.path.isfile(index):
+        with open(index, encoding="utf-8") as f:
+            return json.load(f)["weight_map"]
+    with safe_open(os.path.join(dirpath, SINGLE_FILE), framework="pt") as f:
+        return dict.fromkeys(f.keys(), SINGLE_FILE)
+
+
 def load_state_dict(dirpath: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """All tensors of a sharded checkpoint (reads the index, then each shard once)."""
-    with open(os.path.join(dirpath, INDEX_FILE), encoding="utf-8") as f:
-        weight_map = json.load(f)["weight_map"]
+    """All tensors of a checkpoint (reads its weight map, then each file once)."""
     state = {}
-    for file in sorted(set(weight_map.values())):
+    for file in sorted(set(weight_map(dirpath).values())):
         state.update(load_file(os.path.join(dirpath, file)))
     return state

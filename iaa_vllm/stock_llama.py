@@ -17,7 +17,7 @@ import shutil
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from iaa_vllm.checkpoint import INDEX_FILE
+from iaa_vllm.checkpoint import INDEX_FILE, weight_map
 
 FROZEN_PREFIXES = ("model.embed_tokens.", "model.layers.", "model.norm.", "lm_head.")
 COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -38,16 +38,6 @@ def llama_config(iaa_config: dict) -> dict:
     return config
 
 
-def _weight_map(iaa_dir: str) -> dict[str, str]:
-    index = os.path.join(iaa_dir, INDEX_FILE)
-    if os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            return json.load(f)["weight_map"]
-    single = "model.safetensors"
-    with safe_open(os.path.join(iaa_dir, single), framework="pt") as f:
-        return {name: single for name in f.keys()}
-
-
 def write_stock_llama(iaa_dir: str | os.PathLike, out_dir: str | os.PathLike) -> str:
     """Write the frozen Llama of the IAA checkpoint `iaa_dir` to `out_dir`; returns `out_dir`.
 
@@ -58,7 +48,7 @@ def write_stock_llama(iaa_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     with open(os.path.join(iaa_dir, "config.json"), encoding="utf-8") as f:
         iaa_config = json.load(f)
     by_file: dict[str, list[str]] = {}
-    for name, file in _weight_map(iaa_dir).items():
+    for name, file in weight_map(iaa_dir).items():
         if is_frozen(name):
             by_file.setdefault(file, []).append(name)
     if not by_file:
@@ -67,17 +57,17 @@ def write_stock_llama(iaa_dir: str | os.PathLike, out_dir: str | os.PathLike) ->
     os.makedirs(out_dir, exist_ok=True)
     for stale in glob.glob(os.path.join(out_dir, "model*.safetensors")):
         os.remove(stale)  # an earlier, differently sharded copy would confuse loaders
-    weight_map, total = {}, 0
+    written, total = {}, 0
     for i, file in enumerate(sorted(by_file)):
         out_file = f"model-{i + 1:05d}-of-{len(by_file):05d}.safetensors"
         with safe_open(os.path.join(iaa_dir, file), framework="pt") as f:
             tensors = {name: f.get_tensor(name) for name in by_file[file]}
         save_file(tensors, os.path.join(out_dir, out_file), metadata={"format": "pt"})
         total += sum(t.numel() * t.element_size() for t in tensors.values())
-        weight_map.update(dict.fromkeys(tensors, out_file))
+        written.update(dict.fromkeys(tensors, out_file))
 
     with open(os.path.join(out_dir, INDEX_FILE), "w", encoding="utf-8") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        json.dump({"metadata": {"total_size": total}, "weight_map": written}, f, indent=2)
     with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump(llama_config(iaa_config), f, indent=2)
     for name in COPIED_FILES:

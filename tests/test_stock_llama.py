@@ -16,7 +16,7 @@ from safetensors.torch import save_file
 from transformers import AutoConfig
 
 from iaa_vllm import checkpoint
-from iaa_vllm.stock_llama import FROZEN_PREFIXES, write_stock_llama
+from iaa_vllm.stock_llama import is_frozen, write_stock_llama
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def iaa(tmp_path_factory) -> str:
 def test_keeps_exactly_the_frozen_tensors(iaa, tmp_path):
     out = write_stock_llama(iaa, tmp_path / "llama")
     full, stock = checkpoint.load_state_dict(iaa), checkpoint.load_state_dict(out)
-    frozen = {name for name in full if name.startswith(FROZEN_PREFIXES)}
+    frozen = set(filter(is_frozen, full))
     assert set(stock) == frozen
     assert all(torch.equal(stock[name], full[name]) for name in frozen)
     # everything IAA adds is left out: insertion layers, workflow tables and heads, CLIP
@@ -67,10 +67,10 @@ def test_reads_a_single_file_checkpoint(iaa, tmp_path):
     single = tmp_path / "single"
     single.mkdir()
     full = checkpoint.load_state_dict(iaa)
-    save_file(full, single / "model.safetensors")  # no index: one file, as small checkpoints ship
+    save_file(full, single / checkpoint.SINGLE_FILE)  # no index: one file, as small checkpoints ship
     shutil.copyfile(os.path.join(iaa, "config.json"), single / "config.json")
     out = write_stock_llama(single, tmp_path / "llama")
-    assert set(checkpoint.load_state_dict(out)) == {name for name in full if name.startswith(FROZEN_PREFIXES)}
+    assert set(checkpoint.load_state_dict(out)) == set(filter(is_frozen, full))
 
 
 def test_a_checkpoint_without_a_llama_is_refused(tmp_path):
