@@ -49,7 +49,13 @@ def ensure_checkpoint(model: str) -> None:
     write_checkpoint(model, preset="tiny", overwrite=True)
 
 
-def main(args: argparse.Namespace) -> int:
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The demo engine's arguments besides the model: vLLM's defaults otherwise."""
+    return dict(gpu_memory_utilization=0.3, max_model_len=2048, dtype=args.dtype, seed=0)
+
+
+def main(args: argparse.Namespace, llm=None) -> int:
+    """Run the batch on `llm`, or on an engine of its own (`engine_kwargs`), stopped after."""
     ensure_checkpoint(args.model)
     if args.image:
         image = Image.open(args.image).convert("RGB")
@@ -59,9 +65,10 @@ def main(args: argparse.Namespace) -> int:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     from vllm import LLM, SamplingParams
 
+    own_engine = llm is None
     start = time.perf_counter()
-    llm = LLM(model=args.model, gpu_memory_utilization=0.3,
-              max_model_len=2048, dtype=args.dtype, seed=0)
+    if own_engine:
+        llm = LLM(model=args.model, **engine_kwargs(args))
     engine_s = time.perf_counter() - start
 
     prompts, params = [], []
@@ -76,7 +83,8 @@ def main(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     outputs = llm.generate(prompts, params, use_tqdm=False)
     batch_s = time.perf_counter() - start
-    llm.llm_engine.engine_core.shutdown()
+    if own_engine:
+        llm.llm_engine.engine_core.shutdown()
 
     total = 0
     print()
@@ -90,7 +98,8 @@ def main(args: argparse.Namespace) -> int:
             boxes = grounding.pixel_boxes(completion.text, image.width, image.height)
             print(f"     pixel boxes on the {image.width}x{image.height} image: {boxes}")
     print()
-    print(f"engine start   {engine_s:6.1f} s")
+    if own_engine:
+        print(f"engine start   {engine_s:6.1f} s")
     print(f"batch latency  {batch_s:6.2f} s  ({len(prompts)} requests, {total} generated tokens)")
     print(f"throughput     {total / batch_s:6.1f} tokens/s")
     return 0

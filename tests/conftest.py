@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from PIL import Image
 
@@ -32,11 +34,47 @@ def tokenizer(tiny_dir):
     return AutoTokenizer.from_pretrained(tiny_dir)
 
 
+# Session engines are stopped right after the last test that uses them, not at the
+# end of the run: each holds ~2 GB that the server and Ray tests after them need.
+_LAST_USER: dict[str, str] = {}  # fixture name -> nodeid of its last test
+_OPEN: dict[str, object] = {}    # fixture name -> its running engine
+
+
+def pytest_collection_modifyitems(config, items):
+    # The test that kills the shared server's engine runs last of all.
+    items.sort(key=lambda item: item.get_closest_marker("kills_iaa_server") is not None)
+    for item in items:
+        for name in ("iaa_engine", "stock_engine"):
+            if name in getattr(item, "fixturenames", ()):
+                _LAST_USER[name] = item.nodeid
+
+
+def pytest_runtest_teardown(item, nextitem):
+    for name, nodeid in _LAST_USER.items():
+        if nodeid == item.nodeid and name in _OPEN:
+            engines.stop_engine(_OPEN.pop(name))
+
+
+def _session_engine(name: str, model: str, **kwargs):
+    _OPEN[name] = engines.start_engine(model, **kwargs)
+    yield _OPEN[name]
+    if name in _OPEN:  # a run cut short (-x, a target's subset): stop it here
+        engines.stop_engine(_OPEN.pop(name))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if engines.COMPILE_CACHE_REPORTS:
+        terminalreporter.section("compile cache")
+        terminalreporter.write_line(f"run cache: {os.environ.get('VLLM_CACHE_ROOT')}")
+        for line in engines.COMPILE_CACHE_REPORTS:
+            terminalreporter.write_line(line)
+
+
 @pytest.fixture(scope="session")
 def iaa_engine(tiny_dir):
-    llm = engines.start_engine(tiny_dir)
-    yield llm
-    engines.stop_engine(llm)
+    # No compile cache: tests/test_model.py counts the graphs Dynamo traced in this
+    # engine, which vLLM's cached (AOT) compile would take past Dynamo's counters.
+    yield from _session_engine("iaa_engine", tiny_dir, cold_cache=True)
 
 
 @pytest.fixture(scope="session")
@@ -49,16 +87,11 @@ def stock_dir(tiny_dir, tmp_path_factory) -> str:
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def stock_engine(stock_dir):
-    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled).
-
-    Per module, not per session: a session engine would hold ~2 GB through the
-    server and Ray tests that follow.
-    """
-    llm = engines.start_engine(stock_dir)
-    yield llm
-    engines.stop_engine(llm)
+    """Stock vLLM Llama under the same engine settings as `iaa_engine` (compiled, no
+    compile cache): its answers are the bit-for-bit reference of IAA's `text`."""
+    yield from _session_engine("stock_engine", stock_dir, cold_cache=True)
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +102,9 @@ def images() -> list[Image.Image]:
 
 @pytest.fixture(scope="session")
 def iaa_server(tiny_dir):
-    """One `iaa-vllm serve` on loopback (an `iaa_vllm.local_server.Server`) for every server test.
+    """One `iaa-vllm serve` on loopback (an `iaa_vllm.local_server.Server`) for every server test,
+    with the fetch limits and allowed domains of `engines.SERVER_ENV` / `SERVER_ARGS`.
+    The engine-death test kills it after every other test (`kills_iaa_server`).
 
     IAA_TEST_SERVER=http://127.0.0.1:PORT,PID reuses a running server instead (a
     tiny checkpoint served with `local_server.SERVE_ARGS`): engine start takes
@@ -87,8 +122,12 @@ def iaa_server(tiny_dir):
             model = json.load(response)["data"][0]["id"]
         yield Server(base, model, int(pid))
         return
-    with serve(tiny_dir, timeout_s=900) as server:
-        yield server
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in engines.SERVER_ENV.items():
+            patch.setenv(name, value)  # serve() passes the environment on
+        with serve(tiny_dir, extra_args=engines.SERVER_ARGS, timeout_s=900) as server:
+            yield server
+            engines.note_compile_cache("iaa_server (iaa-vllm serve, IAA tiny)", server.log)
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,23 @@ Engines take ~30-50 s to start on the CI machine, so fixtures share them
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 # Tests ship small inspection functions to the worker with `LLM.apply_model`.
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
-# Every compiled engine traces the model afresh: graph-break counts are real, and
-# no engine runs an artifact compiled from other code on this machine.
-os.environ.setdefault("VLLM_DISABLE_COMPILE_CACHE", "1")
+# One compile cache per test run, shared by its engines and servers (children inherit
+# it): the second engine of a configuration loads the first one's artifacts instead
+# of compiling again, and nothing compiled by another run, from other code, is ever
+# loaded. Engines whose test counts what Dynamo traced, and the stock engine they are
+# compared with bit for bit, start cold instead (`cold_compile_cache`).
+if "VLLM_CACHE_ROOT" not in os.environ:
+    RUN_CACHE = os.environ["VLLM_CACHE_ROOT"] = tempfile.mkdtemp(prefix="iaa-tests-vllm-cache-")
+    atexit.register(shutil.rmtree, RUN_CACHE, True)
 
 import pytest  # noqa: E402
 from vllm import LLM, SamplingParams  # noqa: E402
@@ -28,8 +37,58 @@ ENGINE_DEFAULTS = dict(
 )
 
 
-def start_engine(model: str, **overrides) -> LLM:
-    return LLM(model=model, **{**ENGINE_DEFAULTS, **overrides})
+@contextlib.contextmanager
+def cold_compile_cache():
+    """No compile cache for the engines and children started inside: each traces and
+    compiles from scratch, and Dynamo's own counters see it (vLLM's AOT compile, on
+    whenever the cache is, would take the model past them).
+
+    vLLM's workers read the environment when they start; the run's cache is back
+    for everything started after.
+    """
+    before = os.environ.get("VLLM_DISABLE_COMPILE_CACHE")
+    os.environ["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("VLLM_DISABLE_COMPILE_CACHE")
+        else:
+            os.environ["VLLM_DISABLE_COMPILE_CACHE"] = before
+
+
+# What the compile cache did for the servers of the run, read from their logs, for
+# the summary at the end of the run (tests/conftest.py): hits are shown, not assumed.
+COMPILE_CACHE_REPORTS: list[str] = []
+_CACHE_LOG_WORDS = ("torch_aot_compile", "Directly load", "from the cache", "load failure")
+
+
+def note_compile_cache(name: str, log_path: str | None = None, text: str = "") -> None:
+    """Add the compile-cache lines (vLLM's words, trimmed) of `name`'s log file or
+    output `text` to the run's summary."""
+    if log_path and os.path.exists(log_path):
+        with open(log_path, encoding="utf-8", errors="replace") as log:
+            text += log.read()
+    lines = [line.strip()[:220] for line in text.splitlines() if any(word in line for word in _CACHE_LOG_WORDS)]
+    COMPILE_CACHE_REPORTS.append(f"{name}:")
+    COMPILE_CACHE_REPORTS.extend(f"    {line}" for line in lines or ["(no compile-cache line logged)"])
+
+
+# The shared `iaa-vllm serve` of the server tests (tests/conftest.py: `iaa_server`):
+# short image-fetch limits, so that tests/test_serve_fetch.py's stalled and endless
+# downloads end in seconds, and its loopback origin among the allowed domains.
+FETCH_TIMEOUT_S, FETCH_TRIES, MAX_DOWNLOAD_MB = 2, 2, 1
+SERVER_ENV = {"VLLM_IMAGE_FETCH_TIMEOUT": str(FETCH_TIMEOUT_S), "VLLM_MEDIA_FETCH_MAX_RETRIES": str(FETCH_TRIES),
+              "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB": str(MAX_DOWNLOAD_MB)}
+ALLOWED_HOSTS = ("127.0.0.1", "nowhere.invalid")
+SERVER_ARGS = ("--allowed-media-domains", *ALLOWED_HOSTS)
+
+
+def start_engine(model: str, cold_cache: bool = False, **overrides) -> LLM:
+    """An engine with `ENGINE_DEFAULTS` and `overrides`, on the run's compile cache or,
+    with `cold_cache`, on none."""
+    with cold_compile_cache() if cold_cache else contextlib.nullcontext():
+        return LLM(model=model, **{**ENGINE_DEFAULTS, **overrides})
 
 
 def stop_engine(llm: LLM) -> None:

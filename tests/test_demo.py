@@ -66,11 +66,16 @@ def test_arguments_and_defaults():
     assert (args.model, args.max_tokens, args.image) == ("m", 4, "x.png")
 
 
+def test_its_engine_has_the_shared_test_engines_settings():
+    """So the run below, on the shared engine, is the run the demo makes with its own."""
+    assert demo.engine_kwargs(build_parser().parse_args(["demo"])) == engines.ENGINE_DEFAULTS
+
+
 @pytest.mark.slow
 def test_the_demo_prints_what_the_engine_answers_for_its_batch(tiny_dir, iaa_engine, capsys):
-    """Its own engine (same settings as the shared one), one batch: the shared engine's answers."""
+    """The demo's batch on the shared engine prints that engine's answers to the same requests."""
     args = build_parser().parse_args(["demo", "--model", tiny_dir, "--max-tokens", "6"])
-    assert demo.main(args) == 0
+    assert demo.main(args, llm=iaa_engine) == 0
     printed = capsys.readouterr().out
     answers = [ast.literal_eval(a) for a in re.findall(r"^  -> (.*)$", printed, re.M)]
     prompt_tokens = [int(n) for n in re.findall(r"tokens, prompt (\d+) tokens", printed)]

@@ -2,8 +2,10 @@
 `iaa-vllm serve` exits non-zero, promptly.
 
 The server test SIGKILLs the engine core process (as the kernel's OOM killer would) of
-a server of its own, one per model: the IAA checkpoint, and the stock Llama cut
-out of it, which `iaa-vllm serve` serves as plain vLLM. Both must behave alike.
+a server per model: the IAA checkpoint, and the stock Llama cut out of it, which
+`iaa-vllm serve` serves as plain vLLM. Both must behave alike. The IAA server is the
+session's shared one (`iaa_server`): its case runs after every other test
+(`kills_iaa_server`, tests/conftest.py); the stock Llama gets a server of its own.
 vLLM alone exits 0 here, as after SIGTERM; `iaa-vllm serve` exits
 `ENGINE_DIED_EXIT` so that a supervisor restarting on failure restarts it.
 
@@ -26,6 +28,7 @@ import pytest
 
 from iaa_vllm.cli import ENGINE_DIED_EXIT
 from iaa_vllm.local_server import chat_body, post, serve
+from tests import engines
 
 # Measured on the 2-core CI VM: /health 503 within 0.3 s, exit after 4-7 s (vLLM's
 # watchdog looks every 5 s, then the engine client shuts down). Bounds leave room for load.
@@ -43,16 +46,28 @@ def _health(base: str) -> int | str:
         return type(error).__name__
 
 
-@pytest.fixture(scope="module", params=["iaa", "stock llama"])
-def doomed_server(request, tiny_dir, stock_dir):
-    """A server per model, for this module alone: the test kills its engine."""
-    with serve(tiny_dir if request.param == "iaa" else stock_dir, timeout_s=900) as server:
+@pytest.fixture(scope="module")
+def stock_server(stock_dir):
+    """For this module alone: the test kills its engine."""
+    with serve(stock_dir, timeout_s=900) as server:
         yield server
+        engines.note_compile_cache("stock_server (iaa-vllm serve, stock Llama)", server.log)
 
 
 @pytest.mark.slow
-def test_engine_death_fails_health_and_exits_nonzero(doomed_server):
-    server = doomed_server
+@pytest.mark.kills_iaa_server
+def test_engine_death_of_the_iaa_server_fails_health_and_exits_nonzero(iaa_server):
+    if os.environ.get("IAA_TEST_SERVER"):
+        pytest.skip("IAA_TEST_SERVER: a reused server is not ours to kill")
+    _kill_engine_and_check(iaa_server)
+
+
+@pytest.mark.slow
+def test_engine_death_of_a_stock_llama_server_fails_health_and_exits_nonzero(stock_server):
+    _kill_engine_and_check(stock_server)
+
+
+def _kill_engine_and_check(server):
     status, reply = post(server.base, chat_body(server.model, "Hello", max_tokens=2))
     assert status == 200, reply
     api_server = psutil.Process(server.pid)

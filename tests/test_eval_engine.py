@@ -19,6 +19,7 @@ import pytest
 
 from iaa_vllm.cli import build_parser
 from iaa_vllm.eval import command, mme, refcoco, synthetic
+from tests import engines
 
 ENGINE = ["--dtype", "float32", "--gpu-memory-utilization", "0.3", "--max-model-len", "2048"]
 MAX_TOKENS = "12"
@@ -92,6 +93,7 @@ def ray_run(tiny_dir, data) -> dict:
                                  "--ray-batch-size", "2", "--max-tokens", MAX_TOKENS, "--no-progress", *ENGINE),
                             env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    engines.note_compile_cache("iaa-vllm eval refcoco --ray (2 replicas)", text=result.stdout + result.stderr)
     return {"out": out, "stdout": result.stdout, "stderr": result.stderr}
 
 

@@ -1,9 +1,8 @@
 """Ray Serve LLM replicas (examples/ray_serve.py): one engine's answers, both replicas used, clean exit.
 
-One `iaa-vllm serve` engine answers a burst of mixed-workflow chat requests first
-and is stopped; then the example starts two Ray Serve LLM replicas (its config's
+The session's shared `iaa-vllm serve` (`iaa_server`) answers a burst of
+mixed-workflow chat requests first; then the example starts two Ray Serve LLM replicas (its config's
 autoscaling bounds, 1 to 2 replicas, 2 initially) and gets the same burst at once.
-Never more than two engines run at a time.
 """
 
 from __future__ import annotations
@@ -25,6 +24,7 @@ import psutil
 import pytest
 
 from iaa_vllm.local_server import noise_image
+from tests import engines
 
 MODEL_ID = "iaa-tiny"  # examples/ray_serve.yaml's model_id
 EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "ray_serve.py")
@@ -45,14 +45,14 @@ def _image_url(seed: int) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _burst() -> list[dict]:
-    """Twelve chat bodies: four per workflow, two images, distinct questions."""
+def _burst(model: str = MODEL_ID) -> list[dict]:
+    """Twelve chat bodies to `model`: four per workflow, two images, distinct questions."""
     bodies = []
     for i in range(4):
         image = [{"type": "image_url", "image_url": {"url": _image_url(1 + i % 2)}},
                  {"type": "text", "text": f"Question {i}: what is in this picture?"}]
         for workflow, content in (("text", f"Question {i}: name a colour."), ("mm", image), ("grounding", image)):
-            bodies.append({"model": MODEL_ID, "max_tokens": 8, "temperature": 0,
+            bodies.append({"model": model, "max_tokens": 8, "temperature": 0,
                            "messages": [{"role": "user", "content": content}],
                            "vllm_xargs": {"iaa_workflow": workflow}})
     return bodies
@@ -68,9 +68,9 @@ def _post(base: str, body: dict) -> tuple[int, dict]:
         return error.code, json.load(error)
 
 
-def _send_burst(base: str) -> list[tuple]:
+def _send_burst(base: str, model: str = MODEL_ID) -> list[tuple]:
     """All requests at once; per request (content, completion tokens, finish reason)."""
-    bodies = _burst()
+    bodies = _burst(model)
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
         replies = list(pool.map(lambda body: _post(base, body), bodies))
     answers = []
@@ -92,32 +92,11 @@ def _wait_until(predicate, process: subprocess.Popen, what: str, log_path: str) 
         time.sleep(2)
 
 
-def _healthy(base: str) -> bool:
-    try:
-        urllib.request.urlopen(f"{base}/health", timeout=5)
-        return True
-    except OSError:
-        return False
-
-
 @pytest.fixture(scope="module")
-def single_engine_answers(tiny_dir, tmp_path_factory):
-    """The burst's answers from one plain vLLM OpenAI server (no Ray)."""
-    port = _free_port()
-    log_path = str(tmp_path_factory.mktemp("single") / "server.log")
-    command = [sys.executable, "-m", "iaa_vllm.cli", "serve", tiny_dir, "--served-model-name", MODEL_ID,
-               "--dtype", "float32", "--max-model-len", "2048",
-               "--host", "127.0.0.1", "--port", str(port)]
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait_until(lambda: _healthy(base), process, "iaa-vllm serve", log_path)
-        return _send_burst(base)
-    finally:
-        process.terminate()
-        process.wait(timeout=120)
+def single_engine_answers(iaa_server):
+    """The burst's answers from one plain vLLM OpenAI server (no Ray): the shared one,
+    under its own served name."""
+    return _send_burst(iaa_server.base, iaa_server.model)
 
 
 def _finished_per_replica(metrics_url: str) -> dict[str, float]:
@@ -170,8 +149,8 @@ def test_two_replicas_answer_like_one_engine_and_shut_down_cleanly(tiny_dir, sin
         assert status == 400 and "valid: ['text', 'mm', 'grounding']" in reply["error"]["message"], reply
 
         tree = psutil.Process(process.pid).children(recursive=True)
-        engines = [p for p in tree if "EngineCore" in " ".join(p.cmdline()) + p.name()]
-        assert len(engines) == 2, [p.name() for p in tree]
+        cores = [p for p in tree if "EngineCore" in " ".join(p.cmdline()) + p.name()]
+        assert len(cores) == 2, [p.name() for p in tree]
     finally:
         tree = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         process.send_signal(signal.SIGINT)
@@ -180,6 +159,7 @@ def test_two_replicas_answer_like_one_engine_and_shut_down_cleanly(tiny_dir, sin
         except subprocess.TimeoutExpired:
             process.kill()
             raise
+    engines.note_compile_cache("examples/ray_serve.py (2 replicas)", log_path)
     assert process.returncode == 0 and "shut down" in read_log(), read_log()[-3000:]
     deadline = time.time() + 60
     while (alive := [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]) and time.time() < deadline:

@@ -1,7 +1,7 @@
 """Image URLs the server cannot download: a clear 4xx each, no traceback in the log, nothing lost.
 
-One `iaa-vllm serve` for the module, with short fetch limits so the slow cases
-stay short, and an origin on loopback (`tests/media_origin.py`) that refuses,
+Against the session's shared server (`iaa_server`), which starts with short fetch
+limits so the slow cases stay short (`tests/engines.py`), and an origin on loopback (`tests/media_origin.py`) that refuses,
 stalls, loops and never stops sending. Each bad request runs between two copies
 of one good greedy request, which must give the answer they gave before.
 """
@@ -13,16 +13,15 @@ import time
 
 import pytest
 
-from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, post, serve
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, post
+from tests.engines import FETCH_TIMEOUT_S, FETCH_TRIES, MAX_DOWNLOAD_MB
 from tests.media_origin import UNRESOLVABLE_URL, MediaOrigin
 
 pytestmark = pytest.mark.slow
 
 PNG = png_bytes(noise_image(300, 200, 1))
-FETCH_TIMEOUT_S, FETCH_TRIES, MAX_DOWNLOAD_MB = 2, 2, 1
 # vLLM's retry loop: try i waits FETCH_TIMEOUT_S * 4**i, then sleeps 4**i s before the next.
 STALL_BOUND_S = sum(FETCH_TIMEOUT_S * 4**i for i in range(FETCH_TRIES)) + sum(4**i for i in range(FETCH_TRIES - 1))
-ALLOWED_HOSTS = ("127.0.0.1", "nowhere.invalid")
 
 # case: (URL on the origin, HTTP status, words of the message, most seconds the answer may take)
 FAILURES = {
@@ -54,15 +53,8 @@ def origin():
 
 
 @pytest.fixture(scope="module")
-def fetch_server(tiny_dir):
-    """Its own server: the fetch limits and allowed domains are start-up settings."""
-    limits = {"VLLM_IMAGE_FETCH_TIMEOUT": str(FETCH_TIMEOUT_S), "VLLM_MEDIA_FETCH_MAX_RETRIES": str(FETCH_TRIES),
-              "VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB": str(MAX_DOWNLOAD_MB)}
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in limits.items():
-            patch.setenv(name, value)  # serve() passes the environment on
-        with serve(tiny_dir, extra_args=("--allowed-media-domains", *ALLOWED_HOSTS), timeout_s=900) as server:
-            yield server
+def fetch_server(iaa_server):
+    return iaa_server
 
 
 @pytest.fixture(scope="module")
