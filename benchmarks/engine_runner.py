@@ -18,6 +18,13 @@ finished.
 
 `run_in_child` is the parent's side: it writes the spec, runs the child and reads
 its report back. `engine_args` turns an execution mode into vLLM engine args.
+
+`SharedEngines` keeps children running between benchmarks in one process (the CI
+smoke run, benchmarks/smoke.py): a child started with `--jobs` starts its engine
+once and then runs one job (warm-up and workloads) per line on its stdin, writing
+each job's report to the path the line names.
+
+    python -m benchmarks.engine_runner --jobs SPEC.json
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,12 +108,12 @@ async def run_one(engine, request: dict, request_id: str) -> dict:
             "workflow": request.get("workflow")}
 
 
-async def run_workload(engine, workload: dict) -> dict:
+async def run_workload(engine, workload: dict, prefix: str = "") -> dict:
     """Run the requests `repeat` times (default 1); report the fastest run and every
     run's wall time (the fastest is the one least disturbed by other load)."""
     runs = []
     for attempt in range(workload.get("repeat", 1)):
-        tag = f"{workload['name']}-{attempt}"
+        tag = f"{prefix}{workload['name']}-{attempt}"
         start = time.perf_counter()
         if workload["mode"] == "sequential":
             results = [await run_one(engine, r, f"{tag}-{i}") for i, r in enumerate(workload["requests"])]
@@ -128,33 +137,66 @@ def versions() -> dict:
             "python": platform.python_version()}
 
 
-async def run(spec: dict, save=lambda report: None) -> dict:
-    """Start the engine, run warm-up and workloads; `save(report)` after each stage."""
+def start(spec: dict):
+    """(engine, what it is): vLLM's AsyncLLM on the spec's model and engine args, and
+    its start time, versions, KV capacity and the compilation vLLM resolved."""
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    start = time.perf_counter()
+    start_time = time.perf_counter()
     engine = AsyncLLM.from_engine_args(AsyncEngineArgs(model=spec["model"], **spec["engine"]))
-    report = {"start_s": time.perf_counter() - start, "versions": versions(), "workloads": {}}
-    try:
-        cache = engine.vllm_config.cache_config
-        report["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
-        # What the platform resolved: on CPU, enforce_eager=False becomes DYNAMO_TRACE_ONCE +
-        # inductor and no CUDA graphs. The backend is only used when the mode is not NONE.
-        compilation = engine.vllm_config.compilation_config
-        graphs = compilation.cudagraph_mode
-        report["compilation"] = {"mode": compilation.mode.name, "backend": compilation.backend,
-                                 "cudagraph_mode": graphs.name if graphs is not None else None}
+    info = {"start_s": time.perf_counter() - start_time, "versions": versions()}
+    cache = engine.vllm_config.cache_config
+    info["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
+    # What the platform resolved: on CPU, enforce_eager=False becomes DYNAMO_TRACE_ONCE +
+    # inductor and no CUDA graphs. The backend is only used when the mode is not NONE.
+    compilation = engine.vllm_config.compilation_config
+    graphs = compilation.cudagraph_mode
+    info["compilation"] = {"mode": compilation.mode.name, "backend": compilation.backend,
+                           "cudagraph_mode": graphs.name if graphs is not None else None}
+    return engine, info
+
+
+async def run_job(engine, info: dict, job: dict, save=lambda report: None, prefix: str = "") -> dict:
+    """The job's warm-up, then its workloads; `save(report)` before and after each
+    workload. `prefix` starts every request id (an engine's ids must not repeat)."""
+    report = {**info, "workloads": {}}
+    save(report)
+    warmup_start = time.perf_counter()
+    for i, request in enumerate(job.get("warmup", [])):
+        await run_one(engine, request, f"{prefix}warmup-{i}")
+    report["warmup_s"] = time.perf_counter() - warmup_start
+    for w in job["workloads"]:
+        report["workloads"][w["name"]] = await run_workload(engine, w, prefix)
         save(report)
-        for i, request in enumerate(spec.get("warmup", [])):
-            await run_one(engine, request, f"warmup-{i}")
-        report["warmup_s"] = time.perf_counter() - start - report["start_s"]
-        for w in spec["workloads"]:
-            report["workloads"][w["name"]] = await run_workload(engine, w)
-            save(report)
+    return report
+
+
+async def run(spec: dict, save=lambda report: None) -> dict:
+    """Start the engine, run warm-up and workloads; `save(report)` after each stage."""
+    engine, info = start(spec)
+    try:
+        return await run_job(engine, info, spec, save)
     finally:
         engine.shutdown()
-    return report
+
+
+async def serve_jobs(spec: dict) -> None:
+    """Start the engine once, then run a job per stdin line until stdin closes. A
+    line is {"warmup": [...], "workloads": [...], "out": PATH}; PATH is rewritten as
+    the job goes, and last with "finished": true."""
+    engine, info = start(spec)
+    try:
+        for number in itertools.count():
+            line = await asyncio.to_thread(sys.stdin.readline)
+            if not line:
+                return
+            job = json.loads(line)
+            save = functools.partial(report_files.write_json, job["out"])
+            report = await run_job(engine, {**info, "job": number}, job, save, prefix=f"job{number}-")
+            save({**report, "finished": True})
+    finally:
+        engine.shutdown()
 
 
 def _read_json(path: str) -> dict | None:
@@ -163,6 +205,11 @@ def _read_json(path: str) -> dict | None:
             return json.load(f)
     except (OSError, ValueError):
         return None
+
+
+def _child_env(extra: dict[str, str] | None) -> dict[str, str]:
+    # vLLM's CPU default (4 GiB of KV) is more than the benchmarks need on a small machine.
+    return {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(extra or {})}
 
 
 def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[dict],
@@ -183,8 +230,7 @@ def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[d
         log_path = log_path or os.path.join(tmp, "engine.log")
         with open(spec_path, "w", encoding="utf-8") as f:
             json.dump(spec, f)
-        # vLLM's CPU default (4 GiB of KV) is more than the benchmarks need on a small machine.
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"), **(env or {})}
+        env = _child_env(env)
         with open(log_path, "w", encoding="utf-8") as log:
             # Its own process group: on a timeout the whole group goes, engine core
             # included, so the next engine gets the GPU memory back.
@@ -206,11 +252,91 @@ def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[d
         return report
 
 
+class SharedEngines:
+    """Engines kept running across the benchmarks of one process: `run` (run_in_child's
+    signature, less the deadline) starts a child per (model, engine args, extra
+    environment) on first use and gives every later run with the same key to it, so
+    two benchmarks of one model and mode start it once. A later run's report has
+    "job" > 0; its start_s and warmup state are the engine's, not its own.
+
+        with SharedEngines() as engines:
+            compile_modes.main([...], runner=engines.run)
+            serving.main([...], runner=engines.run)
+
+    The children stay up until `close` (an idle CPU engine takes memory, not time).
+    """
+
+    def __init__(self):
+        self._children: dict[str, tuple[subprocess.Popen, str, dict]] = {}
+        self._dir = tempfile.mkdtemp(prefix="shared-engines-")
+        self._jobs = 0
+        self.started: list[dict] = []  # per engine started: model, engine args, env, jobs run
+
+    def run(self, model: str, engine: dict, workloads: list[dict], warmup: list[dict],
+            env: dict[str, str] | None = None) -> dict:
+        key = json.dumps([model, engine, env or {}], sort_keys=True)
+        if key not in self._children:
+            self.started.append({"model": model, "engine": engine, "env": env or {}, "jobs": 0})
+            self._children[key] = (*self._start(model, engine, env), self.started[-1])
+        proc, log_path, record = self._children[key]
+        record["jobs"] += 1
+        self._jobs += 1
+        out_path = os.path.join(self._dir, f"job{self._jobs}.json")
+        proc.stdin.write(json.dumps({"warmup": warmup, "workloads": workloads, "out": out_path}) + "\n")
+        proc.stdin.flush()
+        while not (report := _read_json(out_path) or {}).get("finished"):
+            if proc.poll() is not None:
+                with open(log_path, encoding="utf-8", errors="replace") as f:
+                    tail = f.read()[-4000:]
+                del self._children[key]
+                raise EngineFailed(f"engine on {model} failed (exit {proc.returncode}):\n{tail}", report or None)
+            time.sleep(0.2)
+        report.pop("finished")
+        return report
+
+    def _start(self, model: str, engine: dict, env: dict[str, str] | None) -> tuple[subprocess.Popen, str]:
+        spec_path = os.path.join(self._dir, f"engine{len(self._children)}.json")
+        log_path = spec_path.replace(".json", ".log")
+        with open(spec_path, "w", encoding="utf-8") as f:
+            json.dump({"model": model, "engine": engine}, f)
+        command, child_env = report_files.child("benchmarks.engine_runner", "--jobs", spec_path, env=_child_env(env))
+        with open(log_path, "w", encoding="utf-8") as log:
+            proc = subprocess.Popen(command, env=child_env, stdin=subprocess.PIPE, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True, process_group=0)
+        return proc, log_path
+
+    def close(self) -> None:
+        """Close every child's stdin (its engine shuts down) and wait; kill what lingers."""
+        for proc, _, _ in self._children.values():
+            proc.stdin.close()
+        for proc, _, _ in self._children.values():
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                stop_process_group(proc)
+        self._children.clear()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> "SharedEngines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("spec", help="SPEC.json: the model, engine args, warm-up and workloads")
-    parser.add_argument("out", help="OUT.json: the report, rewritten after every stage")
+    parser.add_argument("--jobs", metavar="SPEC.json",
+                        help="start the engine of SPEC.json (model, engine args), then run a job per stdin line")
+    parser.add_argument("spec", nargs="?", help="SPEC.json: the model, engine args, warm-up and workloads")
+    parser.add_argument("out", nargs="?", help="OUT.json: the report, rewritten after every stage")
     args = parser.parse_args(argv)
+    if args.jobs:
+        with open(args.jobs, encoding="utf-8") as f:
+            asyncio.run(serve_jobs(json.load(f)))
+        return 0
+    if not (args.spec and args.out):
+        parser.error("SPEC.json and OUT.json are needed (or --jobs SPEC.json)")
     with open(args.spec, encoding="utf-8") as f:
         spec = json.load(f)
     report = asyncio.run(run(spec, save=lambda partial: report_files.write_json(args.out, partial)))

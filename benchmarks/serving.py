@@ -130,11 +130,14 @@ def write_models(mode: str, root: str) -> dict[str, str]:
     return dirs
 
 
-def run_engine(model_dir: str, mode: str, workloads: list[dict], warmup: list[dict]) -> dict:
+def run_engine(model_dir: str, mode: str, workloads: list[dict], warmup: list[dict],
+               runner=engine_runner.run_in_child) -> dict:
+    """One eager engine in its own process (`runner`: engine_runner.run_in_child, or
+    SharedEngines.run: compile_modes.py's eager engines have these settings)."""
     cfg = MODES[mode]
     engine = engine_runner.engine_args("eager", dtype=cfg["dtype"], max_model_len=cfg["max_model_len"], seed=0,
                                        load_format=cfg["load_format"], gpu_memory_utilization=0.85, max_num_seqs=256)
-    return engine_runner.run_in_child(model_dir, engine, workloads, warmup)
+    return runner(model_dir, engine, workloads, warmup)
 
 
 def percentiles(values: list[float]) -> dict:
@@ -157,7 +160,7 @@ def throughput(workload: dict) -> dict:
             "requests_per_s": len(reqs) / workload["wall_s"]}
 
 
-def run_all(mode: str, root: str, progress=print) -> dict:
+def run_all(mode: str, root: str, progress=print, runner=engine_runner.run_in_child) -> dict:
     cfg = MODES[mode]
     dirs = write_models(mode, root)
     text = text_requests(cfg["text_requests"], cfg["text_tokens"])
@@ -171,14 +174,14 @@ def run_all(mode: str, root: str, progress=print) -> dict:
             {"name": "text", "mode": "concurrent", "requests": text, "repeat": cfg["repeat"]},
             *({"name": name, "mode": "concurrent", "requests": reqs} for name, reqs in mixed.items()),
         ]
-        result = run_engine(dirs[f"iaa:{preset}"], mode, workloads, mme_requests(2, "mm", 900))
+        result = run_engine(dirs[f"iaa:{preset}"], mode, workloads, mme_requests(2, "mm", 900), runner)
         report["models"][f"IAA {preset}"] = _model_entry(shapes.iaa(preset), result, cfg["dtype"])
         report["mixed"][preset] = {name: throughput(result["workloads"][name]) for name in mixed}
         report["text_path"][preset] = result["workloads"]["text"]
     progress("stock Llama: text path")
     stock = run_engine(dirs["llama"], mode, [{"name": "text", "mode": "concurrent", "repeat": cfg["repeat"],
                                                "requests": text_requests(cfg["text_requests"], cfg["text_tokens"], None)}],
-                       text_requests(2, 4, None))
+                       text_requests(2, 4, None), runner)
     report["models"]["stock Llama"] = {"kv_tokens": stock["kv_tokens"], "start_s": stock["start_s"],
                                        "weight_gb": _weight_gb(shapes.llama(cfg["iaa"][0]), cfg["dtype"])}
     report["text_path"] = _text_path(report["text_path"], stock["workloads"]["text"])
@@ -192,7 +195,7 @@ def run_all(mode: str, root: str, progress=print) -> dict:
             {"name": "text", "mode": "concurrent", "repeat": cfg["repeat"],
              "requests": text_requests(cfg["text_requests"], cfg["text_tokens"], None)},
         ]
-        result = run_engine(dirs[f"llava:{name}"], mode, workloads, mme_requests(2, None, 900))
+        result = run_engine(dirs[f"llava:{name}"], mode, workloads, mme_requests(2, None, 900), runner)
         report["models"][f"LLaVA {name}"] = _model_entry(shapes.llava(name), result, cfg["dtype"])
         text = throughput(result["workloads"]["text"])
         report["text_path"][f"LLaVA {name}"] = {
@@ -330,7 +333,8 @@ def plot(report: dict, path: str) -> None:
     image.save(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, runner=engine_runner.run_in_child) -> int:
+    """`runner`: how an engine is run (benchmarks/smoke.py passes SharedEngines.run)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(MODES), default="tiny",
                         help="tiny: CPU-sized models; real: real shapes, dummy weights (GPU)")
@@ -344,7 +348,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--quick is for --preset tiny")
         MODES["tiny"].update(mme_requests=2, concurrent=2, text_requests=3, text_tokens=4, mixed_per_workflow=1,
                              repeat=1)
-    report = run_all(args.preset, os.path.join(args.models_dir, args.preset), progress=lambda m: print(m, flush=True))
+    report = run_all(args.preset, os.path.join(args.models_dir, args.preset), progress=lambda m: print(m, flush=True),
+                     runner=runner)
     report["machine"] = machine()
     print_report(report)
     report_files.write(args.out, f"serving_{args.preset}{'_quick' if args.quick else ''}", report, plot)

@@ -101,6 +101,22 @@ def images() -> list[Image.Image]:
 
 
 @pytest.fixture(scope="session")
+def benchmark_smoke(tmp_path_factory) -> str:
+    """The folder of one `python -m benchmarks.smoke` run: compile_modes' and serving's
+    CPU smoke runs, sharing their eager engines (each test reads its benchmark's JSON)."""
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("benchmark-smoke")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.smoke", "--out", str(out),
+                           "--models-dir", str(out / "models")],
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          capture_output=True, text=True, timeout=2400)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return str(out)
+
+
+@pytest.fixture(scope="session")
 def iaa_server(tiny_dir):
     """One `iaa-vllm serve` on loopback (an `iaa_vllm.local_server.Server`) for every server test,
     with the fetch limits and allowed domains of `engines.SERVER_ENV` / `SERVER_ARGS`.

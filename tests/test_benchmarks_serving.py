@@ -2,7 +2,8 @@
 
 The arithmetic is checked by hand and against the checkpoint writer's tensor table;
 the benchmark itself runs once in its CPU smoke mode (three real engines: IAA tiny,
-the stock Llama cut out of it, and a tiny LLaVA in the llava-hf layout). No timing is
+the stock Llama cut out of it, and a tiny LLaVA in the llava-hf layout; the first two
+are compile_modes.py's eager pair, shared by benchmarks/smoke.py). No timing is
 asserted: what must hold is that every engine answered every request and that the
 IAA text path gave the stock Llama's tokens.
 """
@@ -11,16 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
+import pathlib
 
 import pytest
 
 from benchmarks import shapes
 from iaa_vllm import checkpoint
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_decoder_flops_by_hand():
@@ -61,14 +58,11 @@ def test_iaa_14_vs_llava_13b_flop_ratio():
 
 
 @pytest.mark.slow
-def test_cpu_smoke_run(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.serving", "--preset", "tiny", "--quick",
-                           "--out", str(tmp_path), "--models-dir", str(tmp_path / "models")],
-                          cwd=REPO, capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    with open(tmp_path / "serving_tiny_quick.json", encoding="utf-8") as f:
+def test_cpu_smoke_run(benchmark_smoke):
+    out = pathlib.Path(benchmark_smoke)
+    with open(out / "serving_tiny_quick.json", encoding="utf-8") as f:
         report = json.load(f)
-    assert (tmp_path / "serving_tiny_quick.png").stat().st_size > 0
+    assert (out / "serving_tiny_quick.png").stat().st_size > 0
     iaa, llava = report["models"]["IAA tiny"], report["models"]["LLaVA tiny"]
     for model in (iaa, llava):
         assert model["mme_batch1"]["requests"] == 2 and model["mme_concurrent"]["requests"] == 2

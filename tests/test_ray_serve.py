@@ -32,11 +32,21 @@ START_TIMEOUT_S = 600  # engine start is ~1 min idle, several on a loaded 2-core
 
 
 def _free_port() -> int:
+    """A free port between Ray's worker ports (10002-19999) and Linux's ephemeral range
+    (from 32768). A port from bind(0) is ephemeral: the Ray node the example starts
+    binds ephemeral ports of its own in the meantime, and in one CI run took it first
+    (the example's proxy then failed with "Failed to bind to address")."""
+    import random
     import socket
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for port in random.sample(range(20_000, 32_768), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 20000-32767")
 
 
 def _image_url(seed: int) -> str:
