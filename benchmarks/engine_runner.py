@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 from benchmarks import report as report_files
 from iaa_vllm import EXTRA_ARGS_KEY
@@ -255,29 +256,38 @@ def run_in_child(model: str, engine: dict, workloads: list[dict], warmup: list[d
 class SharedEngines:
     """Engines kept running across the benchmarks of one process: `run` (run_in_child's
     signature, less the deadline) starts a child per (model, engine args, extra
-    environment) on first use and gives every later run with the same key to it, so
-    two benchmarks of one model and mode start it once. A later run's report has
+    environment) on first use and gives later runs with the same key to it, so two
+    benchmarks of one model and mode start it once. A later run's report has
     "job" > 0; its start_s and warmup state are the engine's, not its own.
 
-        with SharedEngines() as engines:
+        with SharedEngines(keep=lambda model, engine, env: engine["enforce_eager"]) as engines:
             compile_modes.main([...], runner=engines.run)
             serving.main([...], runner=engines.run)
 
-    The children stay up until `close` (an idle CPU engine takes memory, not time).
+    An idle CPU engine holds its memory (~3.5 GB for a tiny one: frontend, engine
+    core, worker and KV), so only engines that `keep` names stay up after their run;
+    the others stop at once, and starting one of those first stops the kept ones (the
+    sharing is over by then: order the runs so that the shared ones come together).
     """
 
-    def __init__(self):
+    def __init__(self, keep: Callable[[str, dict, dict], bool] = lambda model, engine, env: True):
+        self._keep = keep
         self._children: dict[str, tuple[subprocess.Popen, str, dict]] = {}
         self._dir = tempfile.mkdtemp(prefix="shared-engines-")
         self._jobs = 0
         self.started: list[dict] = []  # per engine started: model, engine args, env, jobs run
+        self.most_up = 0  # the most engines up at once
 
     def run(self, model: str, engine: dict, workloads: list[dict], warmup: list[dict],
             env: dict[str, str] | None = None) -> dict:
         key = json.dumps([model, engine, env or {}], sort_keys=True)
+        kept = self._keep(model, engine, env or {})
         if key not in self._children:
+            if not kept:
+                self._stop_all()
             self.started.append({"model": model, "engine": engine, "env": env or {}, "jobs": 0})
             self._children[key] = (*self._start(model, engine, env), self.started[-1])
+            self.most_up = max(self.most_up, len(self._children))
         proc, log_path, record = self._children[key]
         record["jobs"] += 1
         self._jobs += 1
@@ -292,10 +302,12 @@ class SharedEngines:
                 raise EngineFailed(f"engine on {model} failed (exit {proc.returncode}):\n{tail}", report or None)
             time.sleep(0.2)
         report.pop("finished")
+        if not kept:
+            self._stop_all()
         return report
 
     def _start(self, model: str, engine: dict, env: dict[str, str] | None) -> tuple[subprocess.Popen, str]:
-        spec_path = os.path.join(self._dir, f"engine{len(self._children)}.json")
+        spec_path = os.path.join(self._dir, f"engine{len(self.started)}.json")
         log_path = spec_path.replace(".json", ".log")
         with open(spec_path, "w", encoding="utf-8") as f:
             json.dump({"model": model, "engine": engine}, f)
@@ -305,7 +317,7 @@ class SharedEngines:
                                     stderr=subprocess.STDOUT, text=True, process_group=0)
         return proc, log_path
 
-    def close(self) -> None:
+    def _stop_all(self) -> None:
         """Close every child's stdin (its engine shuts down) and wait; kill what lingers."""
         for proc, _, _ in self._children.values():
             proc.stdin.close()
@@ -315,6 +327,9 @@ class SharedEngines:
             except subprocess.TimeoutExpired:
                 stop_process_group(proc)
         self._children.clear()
+
+    def close(self) -> None:
+        self._stop_all()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> "SharedEngines":

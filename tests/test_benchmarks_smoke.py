@@ -15,7 +15,9 @@ import pytest
 @pytest.mark.slow
 def test_the_eager_pair_serves_both_benchmarks_and_the_compiled_engines_start_cold(benchmark_smoke):
     with open(os.path.join(benchmark_smoke, "smoke.json"), encoding="utf-8") as f:
-        started = json.load(f)["engines"]
+        smoke = json.load(f)
+    started = smoke["engines"]
+    assert smoke["most_engines_up"] == 2  # the shared pair; every other engine alone
     runs = {(os.path.basename(e["model"]), e["engine"]["enforce_eager"]): e for e in started}
     assert len(runs) == len(started) == 5, [(e["model"], e["engine"]) for e in started]
     # compile_modes' eager IAA and stock engines ran serving's jobs too; nothing else is shared
