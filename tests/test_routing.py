@@ -49,6 +49,21 @@ def test_the_worker_reads_the_admitted_name_and_never_guesses():
         routing.admitted_workflow(params())
 
 
+@pytest.mark.parametrize("req_id", ["_warmup_0_", "_warmup_17_", "_v2_mixed_warmup_decode_",
+                                    "_sparse_mla_v2_warmup_prefill_"])
+def test_vllms_own_warmup_requests_are_text(req_id):
+    assert routing.admitted_workflow(params(), req_id) == routing.TEXT
+    # a named workflow still wins: only the missing name is filled in
+    assert routing.admitted_workflow(params("mm"), req_id) == routing.MM
+
+
+@pytest.mark.parametrize("req_id", ["0-1a2b3c4d", "_warmup_0_-1a2b3c4d", "chatcmpl-_warmup_", "warmup", "_warmup"])
+def test_a_real_request_without_the_name_still_fails(req_id):
+    """A frontend's id (vLLM appends "-" and a random suffix) is never taken for a warm-up."""
+    with pytest.raises(RuntimeError, match=f"request '{req_id}' reached the IAA model without iaa_workflow"):
+        routing.admitted_workflow(params(), req_id)
+
+
 def test_moves_and_swaps_follow_the_requests():
     state = state_with(("mm", 1), ("text", 2), ("grounding", 3))
     state.move(0, 2, swap=True)

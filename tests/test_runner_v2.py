@@ -66,3 +66,58 @@ def test_dummy_batches_route_nothing(model_state):
     model_state.prepare_dummy_inputs(num_reqs=1, num_tokens=1)
     assert model_state.workflows.begin_step(torch.tensor([IMG]), torch.tensor([0])) is None
     model_state.remove_request("c")
+
+
+class _FirstStepBuilt(Exception):
+    """Raised where the warm-up would run its first step: what it built is all we need."""
+
+
+def _warmup_requests(builder, config, *args) -> list:
+    """The new requests of the first step that V2's warm-up `builder` makes
+    (vllm/v1/worker/gpu/warmup.py), taken where the worker would run it. The runner is
+    a stand-in holding only what the builder reads before that step."""
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    built = []
+
+    def execute(scheduler_output):
+        built.extend(scheduler_output.scheduled_new_reqs)
+        raise _FirstStepBuilt
+
+    spec = FullAttentionSpec(block_size=16, num_kv_heads=1, head_size=8, dtype=torch.float32)
+    runner = SimpleNamespace(
+        vllm_config=config, model_config=config.model_config, scheduler_config=config.scheduler_config,
+        max_model_len=config.model_config.max_model_len, max_num_reqs=4, num_speculative_steps=0,
+        decode_query_len=1, is_pooling_model=False, is_encoder_decoder=False, is_last_pp_rank=True,
+        adaptive_verification=None, rejection_sampler=None,
+        model_state=SimpleNamespace(), kv_block_zeroer=None, block_tables=None,
+        kv_connector=SimpleNamespace(set_disabled=lambda disabled: None),
+        kv_cache_config=SimpleNamespace(num_blocks=4096, kv_cache_groups=[SimpleNamespace(kv_cache_spec=spec)]))
+    with pytest.raises(_FirstStepBuilt):
+        builder(runner, execute, lambda grammar_output: None, *args)
+    assert built, "the warm-up built no request"
+    return built
+
+
+@pytest.mark.parametrize("builder", ["warmup_kernels", "run_mixed_prefill_decode_warmup"])
+def test_v2_warmup_requests_run_as_text(model_state, tiny_dir, builder):
+    """V2's kernel warm-up (on by default after profiling) and its mixed prefill+decode
+    warm-up make requests with no workflow; the adapter takes them as text."""
+    from vllm.v1.worker.gpu import warmup
+
+    config = model_state.vllm_config
+    args = (64,) if builder == "run_mixed_prefill_decode_warmup" else ()
+    requests = _warmup_requests(getattr(warmup, builder), config, *args)
+    state = model_state.workflows
+    state.workflow[:] = routing.MM  # so that a slot left unset would show
+    for slot, request in enumerate(requests[:4]):
+        assert routing.requested_workflow(request.sampling_params) is None, request.req_id
+        model_state.add_request(slot, request)
+        assert state.workflow[slot] == routing.TEXT, request.req_id
+        model_state.remove_request(request.req_id)
+
+
+def test_a_real_request_without_a_workflow_still_fails(model_state):
+    request = dataclasses.replace(new_request("d", "text", [1, 2]), sampling_params=SamplingParams())
+    with pytest.raises(RuntimeError, match="request 'd' reached the IAA model without iaa_workflow"):
+        model_state.add_request(1, request)

@@ -21,6 +21,7 @@ attention metadata on V1.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -71,14 +72,25 @@ def resolve_workflow(params: SamplingParams | None, has_image: bool) -> str:
     return name
 
 
-def admitted_workflow(params: SamplingParams | None) -> int:
-    """The workflow id admission resolved for a request reaching the worker."""
+# vLLM's own requests, built in the worker with no frontend: Model Runner V2's kernel
+# warm-up (`_warmup_{i}_`) and its mixed prefill+decode warm-ups
+# (`_v2_mixed_warmup_decode_`, `_sparse_mla_v2_warmup_prefill_`), in
+# vllm/v1/worker/gpu/warmup.py from 0.26 to 0.32. Text prompts of made-up tokens.
+# A frontend's request id never matches: vLLM appends "-" and a random suffix.
+SYNTHETIC_REQUEST_ID = re.compile(r"_\w*warmup\w*_")
+
+
+def admitted_workflow(params: SamplingParams | None, req_id: str | None = None) -> int:
+    """The workflow id admission resolved for a request reaching the worker; `text`
+    for one of vLLM's synthetic warm-up requests (`req_id`), which admission never sees."""
     name = requested_workflow(params)
     if name is None:
+        if req_id is not None and SYNTHETIC_REQUEST_ID.fullmatch(req_id):
+            return TEXT
         # Admission runs in every frontend of an IAA engine (the plugin wraps
         # vLLM's input processor), so this is a request built around it.
         raise RuntimeError(
-            f"request reached the IAA model without {EXTRA_ARGS_KEY} in extra_args; "
+            f"request {req_id or ''!r} reached the IAA model without {EXTRA_ARGS_KEY} in extra_args; "
             "IAA requests must go through vLLM's input processor with iaa_vllm installed"
         )
     return WORKFLOWS.index(name)
@@ -115,8 +127,8 @@ class WorkflowState:
         self.step: Step | None = None
 
     # ---- fed by the adapters ------------------------------------------------
-    def add(self, slot: int, params: SamplingParams | None, prompt_len: int) -> None:
-        self.workflow[slot] = admitted_workflow(params)
+    def add(self, slot: int, params: SamplingParams | None, prompt_len: int, req_id: str | None = None) -> None:
+        self.workflow[slot] = admitted_workflow(params, req_id)
         self.prompt_len[slot] = prompt_len
 
     def move(self, src: int, dst: int, swap: bool) -> None:

@@ -31,7 +31,8 @@ class IAAModelState(DefaultModelState):
     def add_request(self, req_index: int, new_req_data) -> None:
         super().add_request(req_index, new_req_data)
         prompt = new_req_data.prompt_token_ids or ()
-        self.workflows.add(req_index, new_req_data.sampling_params, len(prompt))
+        # req_id: V2's own warm-up requests carry no workflow and run as text.
+        self.workflows.add(req_index, new_req_data.sampling_params, len(prompt), new_req_data.req_id)
         self._live.add(new_req_data.req_id)
 
     def remove_request(self, req_id: str) -> None:
