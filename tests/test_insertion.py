@@ -237,3 +237,31 @@ def test_the_batch_answers_as_the_reference(captured, reference, tokenizer):
     for (workflow, request, _, _), output in zip(REQUESTS, outputs):
         if workflow != "text":  # text: bit-identical to stock Llama, tests/test_model.py
             engines.assert_matches_reference(output, reference, tokenizer, request, workflow)
+
+
+def test_the_layer_reads_nothing_back_from_the_device():
+    """The layer's row routing on `meta` tensors (no data): a host read back raises.
+    Projections, rope and attention are stand-ins; what runs is the layer's own code."""
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from iaa_vllm.engine.insertion import IAAInsertionLayer
+
+    hidden, q_size, kv_size, meta = 64, 64, 32, dict(device="meta")
+
+    def workflow_layer():
+        qkv, o = nn.Linear(hidden, q_size + 2 * kv_size, **meta), nn.Linear(q_size, hidden, **meta)
+        return SimpleNamespace(
+            input_layernorm=lambda x: x,
+            self_attn=SimpleNamespace(qkv_proj=lambda x: (qkv(x), None), o_proj=lambda x: (o(x), None)),
+            post_attention_layernorm=lambda out, residual: (out + residual, out + residual),
+            mlp=nn.Linear(hidden, hidden, **meta))
+
+    layer = SimpleNamespace(
+        q_size=q_size, kv_size=kv_size, workflow_layers={"mm": workflow_layer(), "grounding": workflow_layer()},
+        rotary_emb=lambda positions, q, k: (q, k), attn=lambda q, k, v: q)
+    rows = {"mm": torch.empty(3, dtype=torch.long, **meta), "grounding": torch.empty(1, dtype=torch.long, **meta)}
+    states = torch.empty(8, hidden, **meta), torch.empty(8, hidden, **meta)
+    out = IAAInsertionLayer.forward(layer, torch.empty(8, dtype=torch.long, **meta), *states, rows)
+    assert out[0] is states[0] and out[1] is states[1]  # in place

@@ -193,3 +193,80 @@ def test_the_whole_llama_with_iaa_ops_compiles_as_one_graph(iaa_engine):
     assert counts["graphs"] == 1
     # A graph of the whole model, not of one small op: 4 layers, attention, norms, 3 IAA ops.
     assert counts["ops"] > 100
+
+
+# ---- the per-step path, without an engine -------------------------------------
+# The forward's routing, image-row embedding and logits run here on `meta` tensors,
+# which hold no data: a read back to the host (`.cpu()`, `.item()`, `.any()`,
+# `nonzero`, a boolean mask) raises, as a host sync would stall a GPU.
+
+def _per_step_model(workflows, hidden=64, mm_hidden=32, vocab=100):
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    meta = dict(device="meta")
+    adapter = lambda: SimpleNamespace(  # noqa: E731
+        embed_tokens=nn.Embedding(vocab, hidden, **meta), projector=nn.Linear(mm_hidden, hidden, **meta),
+        lm_head=nn.Linear(hidden, vocab, bias=False, **meta))
+    calls = []
+
+    def llama(input_ids, positions, intermediate_tensors, inputs_embeds):
+        calls.append((input_ids, inputs_embeds))
+        return torch.empty(positions.shape[0], hidden, **meta)
+
+    from iaa_vllm.engine.model import IAALlamaForCausalLM as IAA
+
+    model = SimpleNamespace(
+        config=SimpleNamespace(mm_hidden_size=mm_hidden), workflows=workflows,
+        adapters={"mm": adapter(), "grounding": adapter()},
+        lm_head=nn.Linear(hidden, vocab, bias=False, **meta),
+        logits_processor=lambda head, rows: rows @ head.weight.T,
+        model=llama, calls=calls,
+    )
+    model._embed_image_rows_ = lambda *args: IAA._embed_image_rows_(model, *args)
+    return model
+
+
+def _mixed_step_state():
+    import numpy as np
+
+    from iaa_vllm.engine import routing
+    from vllm import SamplingParams
+
+    state = routing.WorkflowState(max_slots=4, image_token=7)
+    for slot, (workflow, prompt_len) in enumerate([("text", 2), ("mm", 3), ("grounding", 2)]):
+        state.add(slot, SamplingParams(extra_args={"iaa_workflow": workflow}), prompt_len)
+    state.set_batch(slots=np.array([0, 1, 2]), query_start_loc=np.array([0, 2, 5, 6]))
+    return state
+
+
+def test_an_image_step_reads_nothing_back_from_the_device():
+    from iaa_vllm.engine.model import IAALlamaForCausalLM as IAA
+
+    state = _mixed_step_state()
+    state.features_pending = True  # as embed_input_ids leaves it when CLIP features came
+    model = _per_step_model(state)
+    input_ids, positions = (torch.empty(8, dtype=torch.long, device="meta") for _ in range(2))
+    embeds = torch.empty(8, 64, device="meta")
+    tagged = IAA.forward(model, input_ids, positions, inputs_embeds=embeds)
+    assert model.calls == [(None, embeds)]  # the runner's buffer, image rows swapped in place
+    logits = IAA.compute_logits(model, tagged[torch.tensor([1, 4, 5], device="meta")])
+    assert logits.shape == (3, 100)
+
+
+def test_without_the_runners_embeddings_the_llama_reads_its_input_ids():
+    """Graph-safe inputs: the compiled Llama never reads a tensor the forward made."""
+    import numpy as np
+
+    from iaa_vllm.engine.model import IAALlamaForCausalLM as IAA
+
+    state = _mixed_step_state()
+    state.set_batch(slots=np.array([0]), query_start_loc=np.array([0, 2]))  # a text step
+    model = _per_step_model(state)
+    input_ids, positions = torch.zeros(2, dtype=torch.long), torch.arange(2)
+    IAA.forward(model, input_ids, positions, inputs_embeds=None)
+    assert model.calls[0][0] is input_ids and model.calls[0][1] is None
+    state.set_batch(slots=np.array([1]), query_start_loc=np.array([0, 2]))  # image rows
+    with pytest.raises(RuntimeError, match="without the runner's inputs_embeds"):
+        IAA.forward(model, input_ids, positions, inputs_embeds=None)

@@ -83,7 +83,62 @@ def test_a_step_expands_slots_to_tokens_and_pads_as_text():
     assert step.token_workflow.tolist() == [0, 0, 0, 1, 2, 2, 2, 0, 0]
     assert {wf: rows.tolist() for wf, rows in step.rows.items()} == {"mm": [3], "grounding": [4, 5, 6]}
     assert step.image_rows.nonzero().flatten().tolist() == [5]
+    # Sampling's rows are one per request, in batch order: text, mm, grounding.
+    assert {wf_id: rows.tolist() for wf_id, rows in step.sampled_rows.items()} == {0: [0], 1: [1], 2: [2]}
     assert state.step is step
+
+
+def test_sampled_rows_are_handed_out_once_and_only_for_sampling():
+    state = state_with(("mm", 2), ("text", 2))
+    state.set_batch(slots=np.array([0, 1]), query_start_loc=np.array([0, 2, 4]))
+    step = state.begin_step(torch.tensor([1, IMG, 3, 4]), torch.tensor([0, 1, 0, 1]))
+    assert state.take_sampled_rows(3) is None  # not one row per request: prompt logprobs
+    state.begin_step(torch.tensor([1, IMG, 3, 4]), torch.tensor([0, 1, 0, 1]))
+    assert state.take_sampled_rows(2) is state.step.sampled_rows
+    assert state.take_sampled_rows(2) is None  # later calls are prompt-logprob slices
+    assert step.has_features is False  # no CLIP features were handed to the step
+
+
+def test_v1_layout_drops_padding_requests_and_reads_the_metadata_on_the_host():
+    from vllm.forward_context import override_forward_context
+    from types import SimpleNamespace
+
+    state = state_with(("mm", 4), ("text", 1), ("grounding", 1))  # slot 2 is stale: not scheduled
+    # V1 pads query_start_loc for graph sizes with requests of no tokens.
+    metadata = SimpleNamespace(query_start_loc=torch.tensor([0, 2, 3, 3, 3]))
+    with override_forward_context(SimpleNamespace(attn_metadata={"layer": metadata})):
+        step = state.begin_step(torch.tensor([1, 2, 3, 0]), torch.tensor([0, 1, 0, 0]))
+    assert step.token_workflow.tolist() == [1, 1, 0, 0]
+    assert {wf_id: rows.tolist() for wf_id, rows in step.sampled_rows.items()} == {0: [1], 1: [0]}
+
+
+def test_v1_layout_without_query_start_loc_names_what_works():
+    from vllm.forward_context import override_forward_context
+    from types import SimpleNamespace
+
+    class FlashInferMetadata:  # the form of a backend that keeps no query_start_loc
+        pass
+
+    state = state_with(("mm", 4))
+    with override_forward_context(SimpleNamespace(attn_metadata={"layer": FlashInferMetadata()})):
+        with pytest.raises(RuntimeError, match="FlashInferMetadata has none; use Model Runner V2"):
+            state.begin_step(torch.tensor([1]), torch.tensor([0]))
+
+
+def test_a_step_reads_nothing_back_from_the_device():
+    """The step is built on the host and copied once; on `meta` tensors (no data),
+    any read back (`.cpu()`, `.item()`, `.any()`, `nonzero`, boolean masks) raises."""
+    state = state_with(("text", 2), ("mm", 3), ("grounding", 2))
+    state.features_pending = True
+    state.set_batch(slots=np.array([0, 1, 2]), query_start_loc=np.array([0, 2, 5, 6]))
+    input_ids = torch.empty(8, dtype=torch.long, device="meta")
+    positions = torch.empty(8, dtype=torch.long, device="meta")
+    step = state.begin_step(input_ids, positions)
+    assert step.token_workflow.device.type == "meta" and step.image_rows.shape == (8,)
+    assert {wf: rows.shape[0] for wf, rows in step.rows.items()} == {"mm": 3, "grounding": 1}
+    assert step.has_features and not state.features_pending  # consumed by this step
+    tagged = routing.tag_rows(torch.empty(8, 4, device="meta"), step)
+    assert tagged.shape == (8, 5)
 
 
 def test_a_step_without_image_rows_is_none():

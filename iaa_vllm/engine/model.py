@@ -42,7 +42,7 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, m
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from iaa_vllm.engine import config as iaa_config
-from iaa_vllm.engine import frozen, routing, weights
+from iaa_vllm.engine import config_hook, frozen, routing, weights
 from iaa_vllm.engine.insertion import IAAInsertionLayer
 from iaa_vllm.engine.processing import (
     IAADummyInputsBuilder,
@@ -101,6 +101,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         self.config = config
         self.vision_config = iaa_config.vision_config(config)
         self.num_vision_layers = iaa_config.num_vision_layers(config, self.vision_config)
+        config_hook.refuse_unsafe_graphs(vllm_config)
         compilation = vllm_config.compilation_config
         if compilation.mode == CompilationMode.VLLM_COMPILE:
             # Before LlamaModel's compile wrapper exists: cut the graph at IAA's ops.
@@ -180,28 +181,43 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         features = torch.cat([f.reshape(-1, f.shape[-1]) for f in multimodal_embeddings])
         packed = embeds.new_zeros(features.shape[0], embeds.shape[-1])
         packed[:, : features.shape[-1]] = features.to(embeds.dtype)
-        embeds[is_multimodal] = packed
+        # masked_scatter_, as vLLM's own merge: boolean-mask assignment would read the
+        # mask's count back to the host.
+        embeds.masked_scatter_(is_multimodal.unsqueeze(-1), packed)
+        self.workflows.features_pending = True  # the coming forward has placeholder rows
         return embeds
 
     # ---- language -----------------------------------------------------------
     def _embed_image_rows_(self, embeds, input_ids, step: routing.Step) -> None:
         """Image rows of embeds [T, H], in place: their workflow's embedding, and
-        projected CLIP features at placeholders (read from the rows' first columns)."""
+        projected CLIP features at placeholders (read from the rows' first columns).
+
+        The projector runs on all of a workflow's rows of a step that carries features
+        and `where` keeps it at placeholders: selecting the placeholder rows would read
+        their count back to the host.
+        """
         mm_hidden = self.config.mm_hidden_size
         for wf, idx in step.rows.items():
             adapter = self.adapters[wf]
             new = adapter.embed_tokens(input_ids[idx])
-            placeholders = step.image_rows[idx]
-            if placeholders.any():
-                features = embeds[idx[placeholders], :mm_hidden]
-                new[placeholders] = adapter.projector(features).to(new.dtype)
+            if step.has_features:
+                projected = adapter.projector(embeds[idx, :mm_hidden]).to(new.dtype)
+                new = torch.where(step.image_rows[idx].unsqueeze(1), projected, new)
             embeds[idx] = new
 
     def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
-        """-> [T, hidden + 1]: final hidden states, and each row's workflow id (routing.tag_rows)."""
+        """-> [T, hidden + 1]: final hidden states, and each row's workflow id (routing.tag_rows).
+
+        The compiled Llama always reads the runner's own buffers (`input_ids`, or its
+        `inputs_embeds` with image rows swapped in place), never a tensor made here: a
+        replayed CUDA graph reads the addresses it was captured with.
+        """
         step = self.workflows.begin_step(input_ids, positions)
         if inputs_embeds is None:
-            inputs_embeds = self.model.embed_input_ids(input_ids)
+            if step is not None:  # image requests come with the runner's embeddings buffer
+                raise RuntimeError("IAA image rows reached a forward without the runner's inputs_embeds")
+            hidden = self.model(input_ids, positions, intermediate_tensors, None)
+            return routing.tag_rows(hidden, None)
         if step is not None:
             self._embed_image_rows_(inputs_embeds, input_ids, step)
         hidden = self.model(None, positions, intermediate_tensors, inputs_embeds)
@@ -211,15 +227,22 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         hidden, row_workflow = routing.untag_rows(tagged)
         if self.workflows.step is None:  # the forward these rows come from had no image row
             return self.logits_processor(self.lm_head, hidden)
-        # Each row through its own workflow's head: selected, never blended. Every
-        # rank calls every head: the logits gather is a collective.
+        rows = self.workflows.take_sampled_rows(hidden.shape[0])
+        if rows is None:  # prompt logprobs' slices: route by the tags (reads them back)
+            rows = {wf_id: (row_workflow == wf_id).nonzero().squeeze(1) for wf_id in range(len(routing.WORKFLOWS))}
+            rows = {wf_id: idx for wf_id, idx in rows.items() if idx.numel()}
+        elif hidden.device.type == "cpu":  # free to check here: the host's rows are the tags'
+            expected = torch.empty_like(row_workflow)
+            for wf_id, idx in rows.items():
+                expected[idx] = wf_id
+            if not torch.equal(expected, row_workflow):
+                raise RuntimeError(f"sampled rows' workflows {row_workflow.tolist()} != the step's {expected.tolist()}")
+        # Each row through its own workflow's head: selected, never blended. Every rank
+        # calls the same heads (the logits gather is a collective): all hold one batch.
         heads = [self.lm_head] + [self.adapters[wf].lm_head for wf in routing.IMAGE_WORKFLOWS]
         logits, gathered_here = None, True
-        for workflow_id, head in enumerate(heads):
-            idx = (row_workflow == workflow_id).nonzero().squeeze(1)
-            if not idx.numel():  # the same on every rank: they all hold the same batch
-                continue
-            part = self.logits_processor(head, hidden[idx])
+        for workflow_id, idx in rows.items():
+            part = self.logits_processor(heads[workflow_id], hidden[idx])
             if part is None:  # not the rank that receives the gathered logits
                 gathered_here = False
                 continue

@@ -100,14 +100,37 @@ def admitted_workflow(params: SamplingParams | None, req_id: str | None = None) 
 class Step:
     """The image-workflow rows of one forward; only built when there are some.
 
+    Built on the host from what the scheduler already decided (each slot's workflow,
+    each request's token count) and copied to the device in one non-blocking copy,
+    so that routing never reads a device tensor back (`to_device`).
+
     token_workflow: [T] workflow id per token (padding rows are `text`).
     rows: image workflow -> its token rows [n_wf], only workflows with rows.
     image_rows: [T] bool, the image placeholders of image requests' prompts.
+    has_features: the runner handed CLIP features to this step (`embed_input_ids`);
+        without them no row is a placeholder and the projectors are skipped.
+    sampled_rows: workflow id -> its rows among the step's sampled rows (one per
+        request, in batch order), only workflows with rows: how `compute_logits`
+        routes the rows sampling gathers without reading their tags.
     """
 
     token_workflow: torch.Tensor
     rows: dict[str, torch.Tensor]
     image_rows: torch.Tensor
+    has_features: bool = True
+    sampled_rows: dict[int, torch.Tensor] | None = None
+
+
+def to_device(host: np.ndarray, device: torch.device) -> torch.Tensor:
+    """One host -> device copy that never waits: pinned, non-blocking on CUDA.
+
+    The pinned staging tensor is fresh each step: PyTorch's pinned-memory cache does
+    not hand its block out again before the copy that reads it has run.
+    """
+    tensor = torch.from_numpy(np.ascontiguousarray(host))
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 class WorkflowState:
@@ -125,6 +148,10 @@ class WorkflowState:
         # row and query_start_loc. None: read it from the attention metadata (V1).
         self._batch: tuple[np.ndarray, np.ndarray] | None = None
         self.step: Step | None = None
+        # Set by the model's `embed_input_ids` when the runner hands it CLIP features
+        # for the coming forward; read and cleared by `begin_step`.
+        self.features_pending = False
+        self._sampled_pending = False  # the step's first compute_logits is its sampling
 
     # ---- fed by the adapters ------------------------------------------------
     def add(self, slot: int, params: SamplingParams | None, prompt_len: int, req_id: str | None = None) -> None:
@@ -147,39 +174,79 @@ class WorkflowState:
         """Expand slots to tokens for this forward; None when no row is an image workflow.
 
         input_ids, positions: [T] (T may include padding past the last request).
+        Everything but the placeholder mask is computed on the host; the mask is
+        computed on the device from the tensors the forward already has.
         """
-        self.step = None
+        self.step, self._sampled_pending = None, False
+        has_features, self.features_pending = self.features_pending, False
         slots, query_start_loc = self._layout()
-        if not len(slots) or not self.workflow[slots].any():
-            return None  # decided before touching query_start_loc: a text step never syncs
-        starts = torch.as_tensor(query_start_loc).cpu()
-        counts = (starts[1:] - starts[:-1]).long()
-        num_tokens, used = positions.shape[-1], int(starts[-1])
-        workflow = torch.zeros(num_tokens, dtype=torch.long)
-        prompt_len = torch.zeros(num_tokens, dtype=torch.long)
-        workflow[:used] = torch.from_numpy(self.workflow[slots]).repeat_interleave(counts)
-        prompt_len[:used] = torch.from_numpy(self.prompt_len[slots]).repeat_interleave(counts)
-        rows = {
-            wf: torch.from_numpy(np.flatnonzero(workflow.numpy() == WORKFLOWS.index(wf))).to(input_ids.device)
-            for wf in IMAGE_WORKFLOWS
-        }
-        workflow, prompt_len = workflow.to(input_ids.device), prompt_len.to(input_ids.device)
-        image_rows = (workflow != TEXT) & (input_ids == self.image_token) & (positions < prompt_len)
-        self.step = Step(workflow, {wf: r for wf, r in rows.items() if r.numel()}, image_rows)
+        counts = np.diff(query_start_loc.astype(np.int64))
+        # Rows with no tokens are padding requests (V1 pads query_start_loc for graphs).
+        slots, counts = slots[counts > 0], counts[counts > 0]
+        slot_workflow = self.workflow[slots]
+        if not slot_workflow.any():
+            return None  # decided on the host: a text step builds nothing
+        num_tokens, used = positions.shape[-1], int(counts.sum())
+        token_workflow = np.zeros(num_tokens, dtype=np.int64)
+        prompt_len = np.zeros(num_tokens, dtype=np.int64)
+        token_workflow[:used] = np.repeat(slot_workflow, counts)
+        prompt_len[:used] = np.repeat(self.prompt_len[slots], counts)
+        rows = {wf: np.flatnonzero(token_workflow == WORKFLOWS.index(wf)) for wf in IMAGE_WORKFLOWS}
+        rows = {wf: r for wf, r in rows.items() if len(r)}
+        sampled = {wf_id: np.flatnonzero(slot_workflow == wf_id) for wf_id in range(len(WORKFLOWS))}
+        sampled = {wf_id: r for wf_id, r in sampled.items() if len(r)}
+
+        # One copy for all of it; the views below are slices of one device tensor.
+        parts = [token_workflow, prompt_len, *rows.values(), *sampled.values()]
+        packed = to_device(np.concatenate(parts), input_ids.device)
+        views = iter(packed.split([len(p) for p in parts]))
+        workflow, prompt_len_dev = next(views), next(views)
+        rows_dev = {wf: next(views) for wf in rows}
+        sampled_dev = {wf_id: next(views) for wf_id in sampled}
+        image_rows = (workflow != TEXT) & (input_ids == self.image_token) & (positions < prompt_len_dev)
+        self.step = Step(workflow, rows_dev, image_rows, has_features, sampled_dev)
+        self._sampled_pending = True
         return self.step
 
-    def _layout(self):
-        """(slot of each batch row [R], query_start_loc [R + 1])."""
+    def take_sampled_rows(self, num_rows: int) -> dict[int, torch.Tensor] | None:
+        """Workflow id -> rows, for the step's sampling `compute_logits` call; None otherwise.
+
+        The runner samples one row per request, in batch order, and calls
+        `compute_logits` on them first after the forward (V1 `execute_model`, V2
+        `sample`); later calls (prompt logprobs' slices) route by the rows' tags.
+        """
+        step, first = self.step, self._sampled_pending
+        self._sampled_pending = False
+        if step is None or not first or sum(r.numel() for r in step.sampled_rows.values()) != num_rows:
+            return None
+        return step.sampled_rows
+
+    def _layout(self) -> tuple[np.ndarray, np.ndarray]:
+        """(slot of each batch row [R], query_start_loc [R + 1]), on the host."""
         if self._batch is not None:
             return self._batch
         metadata = get_forward_context().attn_metadata if is_forward_context_available() else None
         if isinstance(metadata, list):  # micro-batching; refused at config time (config_hook.py)
             raise NotImplementedError("IAA does not support micro-batching (DBO)")
         if not metadata:  # profiling and dummy runs carry no requests
-            return np.zeros(0, dtype=np.int64), None
-        query_start_loc = next(iter(metadata.values())).query_start_loc
+            return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
+        # V1 hands a model its batch layout only inside the attention metadata. A host
+        # copy where the backend keeps one; else the device tensor, read back once per
+        # step (a host sync on a GPU: Model Runner V2, the GPU default, has none).
+        first = next(iter(metadata.values()))
+        query_start_loc = getattr(first, "query_start_loc_cpu", None)
+        if query_start_loc is None:
+            query_start_loc = getattr(first, "query_start_loc", None)
+        if query_start_loc is None:
+            raise RuntimeError(
+                f"IAA on vLLM's V1 model runner reads the batch layout (query_start_loc) from "
+                f"the attention metadata, and {type(first).__name__} has none; use Model Runner "
+                "V2 (vLLM's default on GPUs) or an attention backend whose metadata carries it "
+                "(FLASH_ATTN, TRITON_ATTN, FLEX_ATTENTION, CPU_ATTN)"
+            )
+        starts = query_start_loc.cpu().numpy() if isinstance(query_start_loc, torch.Tensor) else query_start_loc
         # V1: batch row i is slot i (the persistent batch the logits processor sees).
-        return np.arange(query_start_loc.numel() - 1), query_start_loc
+        return np.arange(len(starts) - 1), np.asarray(starts)
 
 
 def tag_rows(hidden: torch.Tensor, step: Step | None) -> torch.Tensor:
