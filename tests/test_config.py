@@ -27,6 +27,7 @@ def test_release_defaults():
         ({"image_aspect_ratio": "anyres"}, r"valid: \['pad'\]"),
         ({"mm_use_im_start_end": True}, "mm_use_im_start_end"),
         ({"image_token_index": 10**6}, "outside the vocabulary"),
+        ({"mm_hidden_size": 8192}, r"mm_hidden_size=8192 is larger than hidden_size=4096; .*<= hidden_size"),
     ],
 )
 def test_invalid_values_are_named(overrides, message):

@@ -12,7 +12,7 @@ import pytest
 from vllm.config import CompilationConfig, CUDAGraphMode
 from vllm.engine.arg_utils import EngineArgs
 
-from iaa_vllm.engine.config_hook import WORKFLOW_SLOTS, IAAEngineConfig
+from iaa_vllm.engine.config_hook import WORKFLOW_SLOTS, IAAEngineConfig, refuse_unsafe_graphs
 
 
 def engine_config(model: str, **kwargs):
@@ -37,6 +37,7 @@ def hook_input(mode=None, v2=False):
         compilation_config=compilation,
         parallel_config=SimpleNamespace(pipeline_parallel_size=1, enable_dbo=False),
         model_config=SimpleNamespace(enforce_eager=False, logits_processors=None),
+        speculative_config=None,
         use_v2_model_runner=v2,
     )
 
@@ -70,3 +71,38 @@ def test_full_cuda_graphs_are_refused_naming_piecewise(tiny_dir, mode):
 def test_pipeline_parallel_is_refused_with_what_works(tiny_dir):
     with pytest.raises(ValueError, match=r"pipeline_parallel_size=2.*tensor parallelism or replicas"):
         engine_config(tiny_dir, pipeline_parallel_size=2)
+
+
+def test_speculative_decoding_is_refused_naming_the_method(tiny_dir):
+    speculative = {"method": "ngram", "num_speculative_tokens": 2, "prompt_lookup_max": 3}
+    with pytest.raises(ValueError, match=r"speculative decoding \(speculative_config method='ngram'\).*without --speculative-config"):
+        engine_config(tiny_dir, speculative_config=speculative)
+
+
+def final_config(cudagraph_mode, compile_mode, enforce_eager=False):
+    """The parts of an engine's final VllmConfig `refuse_unsafe_graphs` reads."""
+    from vllm.config import CompilationMode
+
+    return SimpleNamespace(
+        compilation_config=SimpleNamespace(cudagraph_mode=cudagraph_mode, mode=CompilationMode[compile_mode]),
+        model_config=SimpleNamespace(enforce_eager=enforce_eager),
+    )
+
+
+def test_breakable_cuda_graphs_are_refused_naming_the_switch(monkeypatch):
+    # vLLM sets this (and compilation mode NONE) after the hook, for some shapes also
+    # under VLLM_BATCH_INVARIANT=1; the model checks the final settings.
+    monkeypatch.setenv("VLLM_USE_BREAKABLE_CUDAGRAPH", "1")
+    with pytest.raises(ValueError, match="breakable CUDA graphs .*VLLM_USE_BREAKABLE_CUDAGRAPH=0"):
+        refuse_unsafe_graphs(final_config(CUDAGraphMode.PIECEWISE, "NONE"))
+    refuse_unsafe_graphs(final_config(CUDAGraphMode.NONE, "NONE"))  # no graphs: nothing captured
+    refuse_unsafe_graphs(final_config(CUDAGraphMode.PIECEWISE, "NONE", enforce_eager=True))
+
+
+def test_graphs_without_piecewise_compilation_are_refused(monkeypatch):
+    monkeypatch.setenv("VLLM_USE_BREAKABLE_CUDAGRAPH", "0")
+    with pytest.raises(ValueError, match="need compilation mode VLLM_COMPILE, not NONE.*-cc.cudagraph_mode=NONE"):
+        refuse_unsafe_graphs(final_config(CUDAGraphMode.PIECEWISE, "NONE"))
+    with pytest.raises(ValueError, match="not FULL_AND_PIECEWISE"):  # a mode vLLM chose after the hook
+        refuse_unsafe_graphs(final_config(CUDAGraphMode.FULL_AND_PIECEWISE, "VLLM_COMPILE"))
+    refuse_unsafe_graphs(final_config(CUDAGraphMode.PIECEWISE, "VLLM_COMPILE"))  # the IAA default

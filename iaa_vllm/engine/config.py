@@ -83,6 +83,12 @@ def validate(config: IAAConfig) -> None:
             )
     if config.mm_use_im_start_end:
         raise ValueError("mm_use_im_start_end=true is not supported; valid: [false]")
+    if config.mm_hidden_size > config.hidden_size:
+        # CLIP features reach the forward packed into their placeholders' embedding rows.
+        raise ValueError(
+            f"mm_hidden_size={config.mm_hidden_size} is larger than hidden_size="
+            f"{config.hidden_size}; IAA needs mm_hidden_size <= hidden_size"
+        )
     if not 0 <= config.image_token_index < config.vocab_size:
         raise ValueError(
             f"image_token_index={config.image_token_index} is outside the "
