@@ -180,7 +180,11 @@ class WorkflowState:
         self.step, self._sampled_pending = None, False
         has_features, self.features_pending = self.features_pending, False
         slots, query_start_loc = self._layout()
-        counts = np.diff(query_start_loc.astype(np.int64))
+        if not self.workflow[slots].any():
+            return None  # decided before reading query_start_loc: a text step never syncs
+        if isinstance(query_start_loc, torch.Tensor):  # V1 on a backend with no host copy
+            query_start_loc = query_start_loc.cpu().numpy()
+        counts = np.diff(np.asarray(query_start_loc, dtype=np.int64))
         # Rows with no tokens are padding requests (V1 pads query_start_loc for graphs).
         slots, counts = slots[counts > 0], counts[counts > 0]
         slot_workflow = self.workflow[slots]
@@ -221,8 +225,10 @@ class WorkflowState:
             return None
         return step.sampled_rows
 
-    def _layout(self) -> tuple[np.ndarray, np.ndarray]:
-        """(slot of each batch row [R], query_start_loc [R + 1]), on the host."""
+    def _layout(self) -> tuple[np.ndarray, np.ndarray | torch.Tensor]:
+        """(slot of each batch row [R], query_start_loc [R + 1]): a host array, or on V1
+        the backend's device tensor where it keeps no host copy (`begin_step` reads it
+        back only for a step with image rows)."""
         if self._batch is not None:
             return self._batch
         metadata = get_forward_context().attn_metadata if is_forward_context_available() else None
@@ -232,7 +238,7 @@ class WorkflowState:
             return np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64)
         # V1 hands a model its batch layout only inside the attention metadata. A host
         # copy where the backend keeps one; else the device tensor, read back once per
-        # step (a host sync on a GPU: Model Runner V2, the GPU default, has none).
+        # image step (a host sync on a GPU: Model Runner V2, the GPU default, has none).
         first = next(iter(metadata.values()))
         query_start_loc = getattr(first, "query_start_loc_cpu", None)
         if query_start_loc is None:
@@ -244,9 +250,8 @@ class WorkflowState:
                 "V2 (vLLM's default on GPUs) or an attention backend whose metadata carries it "
                 "(FLASH_ATTN, TRITON_ATTN, FLEX_ATTENTION, CPU_ATTN)"
             )
-        starts = query_start_loc.cpu().numpy() if isinstance(query_start_loc, torch.Tensor) else query_start_loc
         # V1: batch row i is slot i (the persistent batch the logits processor sees).
-        return np.arange(len(starts) - 1), np.asarray(starts)
+        return np.arange(len(query_start_loc) - 1), query_start_loc
 
 
 def tag_rows(hidden: torch.Tensor, step: Step | None) -> torch.Tensor:
