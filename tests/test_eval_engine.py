@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -85,16 +88,39 @@ def ray_run(tiny_dir, data) -> dict:
     # Two engines on a small shared machine (docs/evaluation.md): no thread pinning, each
     # engine in its actor's process (one process per replica, not three), and Ray's
     # memory monitor off: it counts every process on the node and killed our replicas
-    # for other jobs' memory.
+    # for other jobs' memory. Ray's session (and the replicas' logs) in a folder of our
+    # own, so that a failed run can show them; a short path, as Ray's unix sockets
+    # live there (107 characters at most).
+    ray_tmp = pathlib.Path(tempfile.mkdtemp(prefix="iaa-ray-"))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_memory_monitor_refresh_ms": "0"}
-    result = subprocess.run(_cli("refcoco", tiny_dir, "--data", data["refer"], "--images", data["coco"],
-                                 "--out", out, "--ray", "--ray-address", "local", "--replicas", "2", "--cpus-per-replica", "0.5",
-                                 "--ray-batch-size", "2", "--max-tokens", MAX_TOKENS, "--no-progress", *ENGINE),
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    engines.note_compile_cache("iaa-vllm eval refcoco --ray (2 replicas)", text=result.stdout + result.stderr)
-    return {"out": out, "stdout": result.stdout, "stderr": result.stderr}
+           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_memory_monitor_refresh_ms": "0",
+           "RAY_TMPDIR": str(ray_tmp)}
+    process = subprocess.Popen(_cli("refcoco", tiny_dir, "--data", data["refer"], "--images", data["coco"],
+                                    "--out", out, "--ray", "--ray-address", "local", "--replicas", "2",
+                                    "--cpus-per-replica", "0.5", "--ray-batch-size", "2", "--max-tokens", MAX_TOKENS,
+                                    "--no-progress", *ENGINE),
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=900)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the driver, its Ray and the replicas
+        stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        pytest.fail(f"the Ray run exited {process.returncode}\n--- stdout\n{stdout[-3000:]}\n--- stderr\n"
+                    f"{stderr[-5000:]}\n{_ray_logs(ray_tmp)}", pytrace=False)
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+    engines.note_compile_cache("iaa-vllm eval refcoco --ray (2 replicas)", text=stdout + stderr)
+    return {"out": out, "stdout": stdout, "stderr": stderr}
+
+
+def _ray_logs(ray_tmp, tail: int = 2500) -> str:
+    """The end of every log of Ray's last session under `ray_tmp`: the replicas' own output among them."""
+    parts = []
+    for path in sorted(ray_tmp.glob("**/session_latest/logs/*")):
+        if path.is_file() and path.stat().st_size:
+            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-tail:]}")
+    return "\n".join(parts) or f"(no Ray logs under {ray_tmp})"
 
 
 def test_ray_run_uses_two_replicas_and_skips_bad_images(ray_run):

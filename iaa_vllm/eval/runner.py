@@ -157,6 +157,10 @@ def _init_ray(address: str | None, attempts: int = 3) -> None:
             ray.shutdown()
 
 
+# How often one replica may die and be started again before the run fails.
+MAX_REPLICA_RESTARTS = 2
+
+
 def run_ray(model: str, engine_kwargs: dict, items: list[Item], store: AnswerStore, workflow: str,
             max_tokens: int, replicas: int, batch_size: int = 16, cpus_per_replica: float = 1.0,
             gpus_per_replica: float = 0.0, address: str | None = None, progress: bool = True) -> RunStats:
@@ -186,6 +190,11 @@ def run_ray(model: str, engine_kwargs: dict, items: list[Item], store: AnswerSto
         dataset = ray.data.from_items(todo).map_batches(
             _Replica, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=replicas),
             num_cpus=cpus_per_replica, num_gpus=gpus_per_replica,
+            # Ray Data restarts a pool actor that dies after its start without end
+            # (max_restarts=-1), and each restart starts an engine again: a replica that
+            # keeps dying (the OS killing it for memory, say) would stall the run
+            # instead of failing it. A death during the start already fails at once.
+            max_restarts=MAX_REPLICA_RESTARTS,
             fn_constructor_kwargs=dict(model=os.path.abspath(model), engine_kwargs=engine_kwargs,
                                        workflow=workflow, max_tokens=max_tokens, env=env))
         for row in dataset.iter_rows():
