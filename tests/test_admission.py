@@ -52,7 +52,7 @@ def test_bad_request_fails_alone_and_engine_keeps_serving(
 ):
     good = [text_request("Hello there"), image_request("What is it?", images[0])]
     good_params = [engines.greedy("text", 5), engines.greedy("grounding", 5)]
-    before = [engines.tokens_and_logprobs(o) for o in iaa_engine.generate(good, good_params)]
+    before = [engines.tokens_and_logprobs(o) for o in engines.generate_together(iaa_engine, good, good_params)]
 
     bad = {
         "text": text_request("Hello there"),
@@ -67,5 +67,5 @@ def test_bad_request_fails_alone_and_engine_keeps_serving(
     with pytest.raises((ValueError, VLLMValidationError), match=message):
         iaa_engine.generate([bad], engines.greedy(workflow, 5))
 
-    after = [engines.tokens_and_logprobs(o) for o in iaa_engine.generate(good, good_params)]
+    after = [engines.tokens_and_logprobs(o) for o in engines.generate_together(iaa_engine, good, good_params)]
     assert after == before

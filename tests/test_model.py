@@ -24,8 +24,8 @@ from tests.engines import (
 def test_text_is_bit_identical_to_stock_llama(iaa_engine, stock_engine):
     requests = [text_request(q) for q in QUESTIONS] + [{"prompt": "Once upon a time"}]
     params = engines.greedy(max_tokens=12, logprobs=5)
-    iaa = iaa_engine.generate(requests, params)
-    stock = stock_engine.generate(requests, params)
+    iaa = engines.generate_together(iaa_engine, requests, params)
+    stock = engines.generate_together(stock_engine, requests, params)
     for ours, theirs in zip(iaa, stock):
         assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
         # Bit-identical: every top-5 logprob of every step, compared exactly.
@@ -45,10 +45,10 @@ def test_text_inside_a_mixed_batch_is_bit_identical_to_stock_llama(iaa_engine, s
     # ignore_eos: every request decodes every step in both engines, so the batches match.
     params = [engines.greedy(wf, max_tokens=8, logprobs=5, ignore_eos=True)
               for wf in ("text", "mm", "text", "grounding")]
-    iaa = iaa_engine.generate(mixed, params)
+    iaa = engines.generate_together(iaa_engine, mixed, params)
     as_tokens = [text[0], {"prompt_token_ids": list(iaa[1].prompt_token_ids)},
                  text[1], {"prompt_token_ids": list(iaa[3].prompt_token_ids)}]
-    stock = stock_engine.generate(as_tokens, [engines.greedy(None, 8, 5, ignore_eos=True)] * 4)
+    stock = engines.generate_together(stock_engine, as_tokens, engines.greedy(None, 8, 5, ignore_eos=True))
     for i in (0, 2):
         assert iaa[i].outputs[0].token_ids == stock[i].outputs[0].token_ids
         assert per_step_logprobs(iaa[i]) == per_step_logprobs(stock[i])
@@ -75,10 +75,10 @@ def test_workflows_give_different_answers(iaa_engine, images):
 
 def test_default_workflow_is_mm_with_image_and_text_without(iaa_engine, images):
     request = image_request(QUESTIONS[0], images[0])
-    default, mm = iaa_engine.generate([request, request], [engines.greedy(), engines.greedy("mm")])
+    default, mm = engines.generate_together(iaa_engine, [request, request], [engines.greedy(), engines.greedy("mm")])
     assert engines.tokens_and_logprobs(default) == engines.tokens_and_logprobs(mm)
     text = text_request(QUESTIONS[1])
-    default, explicit = iaa_engine.generate([text, text], [engines.greedy(), engines.greedy("text")])
+    default, explicit = engines.generate_together(iaa_engine, [text, text], [engines.greedy(), engines.greedy("text")])
     assert engines.tokens_and_logprobs(default) == engines.tokens_and_logprobs(explicit)
 
 

@@ -35,8 +35,8 @@ def eager_stock_engine(stock_dir):
 def test_text_is_bit_identical_to_eager_stock_llama(eager_engine, eager_stock_engine):
     requests = [text_request(q) for q in QUESTIONS]
     params = engines.greedy(max_tokens=12, logprobs=5)
-    for ours, theirs in zip(eager_engine.generate(requests, params),
-                            eager_stock_engine.generate(requests, params)):
+    for ours, theirs in zip(engines.generate_together(eager_engine, requests, params),
+                            engines.generate_together(eager_stock_engine, requests, params)):
         assert ours.outputs[0].token_ids == theirs.outputs[0].token_ids
         assert per_step_logprobs(ours) == per_step_logprobs(theirs)
 

@@ -37,7 +37,7 @@ def test_a_stock_engine_answers_as_with_plugins_off(stock_engine, stock_dir, tmp
         from tests import engines
         if __name__ == "__main__":
             llm = engines.start_engine({stock_dir!r})
-            outputs = llm.generate({PROMPTS!r}, engines.greedy(max_tokens=12, logprobs=5))
+            outputs = engines.generate_together(llm, {PROMPTS!r}, engines.greedy(max_tokens=12, logprobs=5))
             json.dump([[list(o.outputs[0].token_ids),
                         [{{str(t): lp for t, lp in step.items()}} for step in engines.per_step_logprobs(o)]]
                        for o in outputs], open({str(out)!r}, "w"))
@@ -52,7 +52,7 @@ def test_a_stock_engine_answers_as_with_plugins_off(stock_engine, stock_dir, tmp
         subprocess.run([sys.executable, str(tmp_path / "plugins_off.py")], env=env, cwd=repo, check=True,
                        timeout=900)
     plugins_off = json.loads(out.read_text())
-    plugins_on = stock_engine.generate(PROMPTS, engines.greedy(max_tokens=12, logprobs=5))
+    plugins_on = engines.generate_together(stock_engine, PROMPTS, engines.greedy(max_tokens=12, logprobs=5))
     for on, (ids, logprobs) in zip(plugins_on, plugins_off):
         assert list(on.outputs[0].token_ids) == ids
         assert [{str(t): lp for t, lp in step.items()} for step in per_step_logprobs(on)] == logprobs
