@@ -40,12 +40,49 @@ _LAST_USER: dict[str, str] = {}  # fixture name -> nodeid of its last test
 _OPEN: dict[str, object] = {}    # fixture name -> its running engine
 
 
+_IN_PROCESS = {"iaa_engine", "stock_engine"}
+_SERVER = {"iaa_server", "api"}
+# Modules that start engines of their own before they use the in-process one: first
+# of their group, so that theirs are stopped before it starts.
+_BEFORE_IN_PROCESS = ("tests/test_eval_engine.py",)
+
+
+def _moved_alone(item) -> bool:
+    return "benchmark_smoke" in getattr(item, "fixturenames", ()) or \
+        item.get_closest_marker("kills_iaa_server") is not None
+
+
+def _run_order(items) -> dict[str, tuple]:
+    """Each test's place: modules without a shared engine, then the in-process engines'
+    modules (`_BEFORE_IN_PROCESS` first, those that use `stock_engine` last), then the
+    server's; then the test that kills the server; the benchmark smoke's readers last.
+
+    Whole modules move, so module fixtures are set up once. Grouped so, the in-process
+    engines are stopped (after their last user) before the server starts: the three
+    of them (~3.5 GB each) were up together for most of the run beside the 0.26 lane
+    and the Ray runs, near the CI machine's 24 GiB (docs/development.md, CI).
+    """
+    uses: dict[str, set[str]] = {}
+    for item in items:
+        if not _moved_alone(item):
+            uses.setdefault(item.nodeid.split("::")[0], set()).update(getattr(item, "fixturenames", ()))
+    order = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        names = uses.get(module, set())
+        group = 2 if names & _SERVER else 1 if names & _IN_PROCESS else 0
+        order[item.nodeid] = ("benchmark_smoke" in getattr(item, "fixturenames", ()),
+                              item.get_closest_marker("kills_iaa_server") is not None,
+                              group, module not in _BEFORE_IN_PROCESS, "stock_engine" in names)
+    return order
+
+
 def pytest_collection_modifyitems(config, items):
     # The test that kills the shared server's engine runs after every other server test;
     # the benchmark smoke's readers run last of all, so that a smoke run CI started in
     # the background (IAA_BENCHMARK_SMOKE_DIR, `benchmark_smoke`) is waited for only then.
-    items.sort(key=lambda item: ("benchmark_smoke" in getattr(item, "fixturenames", ()),
-                                 item.get_closest_marker("kills_iaa_server") is not None))
+    order = _run_order(items)
+    items.sort(key=lambda item: order[item.nodeid])  # stable: file order within a group
     for item in items:
         for name in ("iaa_engine", "stock_engine"):
             if name in getattr(item, "fixturenames", ()):

@@ -1,8 +1,9 @@
 """`iaa-vllm eval` on the real engine and the tiny checkpoint: kill and resume, Ray, both evals.
 
 Order matters for the machine, not for correctness: the two subprocess runs (a
-killed CLI run, then the Ray run with its two engines) come first, so they never
-overlap the shared in-process engine the later tests use.
+killed CLI run, then the Ray run with its two engines) come first, and this module
+runs before the other users of the shared in-process engine (tests/conftest.py), so
+they never overlap it.
 """
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ def ray_run(tiny_dir, data) -> dict:
     # memory monitor off: it counts every process on the node and killed our replicas
     # for other jobs' memory. Ray's session (and the replicas' logs) in a folder of our
     # own, so that a failed run can show them; a short path, as Ray's unix sockets
-    # live there (107 characters at most).
+    # live there (107 characters at most). One thread per replica: unpinned, each
+    # engine's torch would take every core, and on 2 cores shared with CI's other
+    # lane, the replicas' OpenMP threads would spin against each other.
     ray_tmp = pathlib.Path(tempfile.mkdtemp(prefix="iaa-ray-"))
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
-           "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_memory_monitor_refresh_ms": "0",
+           "OMP_NUM_THREADS": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "RAY_memory_monitor_refresh_ms": "0",
            "RAY_TMPDIR": str(ray_tmp)}
     process = subprocess.Popen(_cli("refcoco", tiny_dir, "--data", data["refer"], "--images", data["coco"],
                                     "--out", out, "--ray", "--ray-address", "local", "--replicas", "2",
