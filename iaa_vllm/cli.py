@@ -75,7 +75,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     """
     import runpy
 
-    from iaa_vllm.engine_death import watch_engine_death
+    from iaa_vllm.engine.patches import watch_engine_death
 
     rest = list(args.vllm_args)
     if rest and not rest[0].startswith("-"):

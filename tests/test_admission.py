@@ -1,6 +1,6 @@
-"""Admission (engine/admission.py): each request's workflow is written and checked
-before it is scheduled; a bad one fails alone, with a clear error, and the engine
-keeps serving."""
+"""Admission (engine/admission.py, called by patches/input_processor.py): each request's
+workflow is resolved, written and checked before it is scheduled; a bad one fails
+alone, with a clear error, and the engine keeps serving."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from vllm import SamplingParams
 from vllm.exceptions import VLLMValidationError
 
-from iaa_vllm.engine.admission import SALT_PREFIX, admit
+from iaa_vllm.engine.admission import SALT_PREFIX, admit, resolve_workflow
 from iaa_vllm.tokenizer import IMAGE_TOKEN, IMAGE_TOKEN_ID, build_prompt
 from tests import engines
 from tests.engines import image_request, text_request
@@ -21,6 +21,29 @@ class _Request:
         extra = {"iaa_workflow": workflow} if workflow else None
         self.sampling_params = SamplingParams(extra_args=extra)
         self.prompt_token_ids, self.mm_features, self.cache_salt = prompt_token_ids, mm_features, cache_salt
+
+
+def params(workflow=None) -> SamplingParams:
+    return SamplingParams(extra_args={"iaa_workflow": workflow} if workflow else None)
+
+
+def test_resolve_defaults_to_mm_with_an_image_and_text_without():
+    assert resolve_workflow(params(), has_image=True) == "mm"
+    assert resolve_workflow(params(), has_image=False) == "text"
+    assert resolve_workflow(params("grounding"), has_image=True) == "grounding"
+
+
+@pytest.mark.parametrize(
+    "workflow, has_image, message",
+    [
+        ("ocr", True, r"valid: \['text', 'mm', 'grounding'\]"),
+        ("text", True, r"cannot take an image; use one of \['mm', 'grounding'\]"),
+        ("mm", False, "needs an image"),
+    ],
+)
+def test_resolve_refuses_with_the_choices(workflow, has_image, message):
+    with pytest.raises(ValueError, match=message):
+        resolve_workflow(params(workflow), has_image)
 
 
 def test_admit_writes_the_default_workflow_and_salts_image_workflows():

@@ -15,7 +15,7 @@ import pytest
 
 from iaa_vllm import demo, grounding
 from iaa_vllm.cli import build_parser
-from iaa_vllm.engine.routing import WORKFLOWS
+from iaa_vllm.engine.names import WORKFLOWS
 from iaa_vllm.tokenizer import build_prompt
 from tests import engines
 

@@ -1,4 +1,4 @@
-"""A dead engine is visible (engine_death.py): /health stops answering 200 and
+"""A dead engine is visible (engine/patches/launcher.py, async_llm.py): /health stops answering 200 and
 `iaa-vllm serve` exits non-zero, promptly.
 
 The server test SIGKILLs the engine core process (as the kernel's OOM killer would) of
@@ -101,7 +101,7 @@ _DEATH_WATCH_SCRIPT = """
 import importlib, sys
 from vllm.v1.engine.async_llm import AsyncLLM
 from iaa_vllm.engine import compat
-from iaa_vllm.engine_death import watch_engine_death
+from iaa_vllm.engine.patches import watch_engine_death
 
 died = watch_engine_death()
 assert watch_engine_death() is died  # idempotent

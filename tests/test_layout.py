@@ -96,6 +96,14 @@ TESTED_AS = {
     "iaa_vllm.engine": "test_registration.py",  # register(), the plugin entry point
     "iaa_vllm.engine.names": None,  # three strings: test_checkpoint and test_config read them back
     "iaa_vllm.eval": None,  # an empty package docstring
+    # The patches (engine/patches/__init__.py's registry), each where its effect is seen.
+    "iaa_vllm.engine.patches": "test_patches.py",
+    "iaa_vllm.engine.patches.input_processor": "test_admission.py",
+    "iaa_vllm.engine.patches.image_media_io": "test_serve_bad_input.py",
+    "iaa_vllm.engine.patches.media_connector": "test_media.py",
+    "iaa_vllm.engine.patches.http_connection": "test_media.py",
+    "iaa_vllm.engine.patches.launcher": "test_engine_death.py",
+    "iaa_vllm.engine.patches.async_llm": "test_engine_death.py",
     "iaa_kernels": None,
 }
 

@@ -1,4 +1,5 @@
-"""Image downloads (engine/media.py): each way a fetch fails is a clear client error.
+"""Image downloads (engine/patches/media_connector.py, http_connection.py): each way a
+fetch fails is a clear client error.
 
 A real vLLM `MediaConnector` against a loopback origin that fails on purpose
 (tests/media_origin.py), on the server's async path and the offline path; no engine.
@@ -41,10 +42,10 @@ def _http_status(error: Exception) -> int:
 
 @pytest.fixture(scope="module")
 def origin():
-    from iaa_vllm.engine import media
+    from iaa_vllm.engine import patches
     from iaa_vllm.local_server import noise_image, png_bytes
 
-    media.install()  # what the plugin entry point does in a server
+    patches.install()  # what the plugin entry point does in every vLLM process
     served = MediaOrigin(png_bytes(noise_image(64, 48, 1)))
     yield served
     served.close()
@@ -103,21 +104,21 @@ def test_fetch_patches_are_idempotent_and_match_the_installed_vllm():
     from vllm.connections import HTTPConnection
     from vllm.multimodal.media.connector import MediaConnector
 
-    from iaa_vllm.engine import compat, media
+    from iaa_vllm.engine import compat, patches
 
-    media.install()
+    patches.install()
     fetch, fetch_async, get_bytes = (MediaConnector.fetch_image, MediaConnector.fetch_image_async,
                                      HTTPConnection.get_bytes)
-    media.install()
+    patches.install()
     assert (MediaConnector.fetch_image, MediaConnector.fetch_image_async, HTTPConnection.get_bytes) == (
         fetch, fetch_async, get_bytes)
-    assert fetch._iaa_media and fetch_async._iaa_media
+    assert fetch._iaa_patch and fetch_async._iaa_patch
     # 0.32 caps downloads itself; only 0.26 gets ours
-    assert getattr(get_bytes, "_iaa_media", False) is not compat.MEDIA_DOWNLOADS_CAPPED
+    assert getattr(get_bytes, "_iaa_patch", False) is not compat.MEDIA_DOWNLOADS_CAPPED
 
 
 def test_download_cap_setting_is_checked(monkeypatch):
-    from iaa_vllm.engine.media import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
+    from iaa_vllm.engine.patches.http_connection import DEFAULT_MAX_DOWNLOAD_MB, MAX_DOWNLOAD_ENV, max_download_bytes
 
     monkeypatch.delenv(MAX_DOWNLOAD_ENV, raising=False)
     assert max_download_bytes() == DEFAULT_MAX_DOWNLOAD_MB * 2**20

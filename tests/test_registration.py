@@ -47,4 +47,4 @@ def test_admission_is_installed_once():
     register()
     wrapped = InputProcessor.process_inputs
     register()
-    assert InputProcessor.process_inputs is wrapped and wrapped._iaa_admission
+    assert InputProcessor.process_inputs is wrapped and wrapped._iaa_patch

@@ -1,4 +1,4 @@
-"""The one home of the workflow: resolve, slot state, token expansion, logits rows (no engine)."""
+"""The worker's workflow state: slot state, token expansion, logits rows (no engine)."""
 
 from __future__ import annotations
 
@@ -22,25 +22,6 @@ def state_with(*slots) -> routing.WorkflowState:
     for slot, (workflow, prompt_len) in enumerate(slots):
         state.add(slot, params(workflow), prompt_len)
     return state
-
-
-def test_resolve_defaults_to_mm_with_an_image_and_text_without():
-    assert routing.resolve_workflow(params(), has_image=True) == "mm"
-    assert routing.resolve_workflow(params(), has_image=False) == "text"
-    assert routing.resolve_workflow(params("grounding"), has_image=True) == "grounding"
-
-
-@pytest.mark.parametrize(
-    "workflow, has_image, message",
-    [
-        ("ocr", True, r"valid: \['text', 'mm', 'grounding'\]"),
-        ("text", True, r"cannot take an image; use one of \['mm', 'grounding'\]"),
-        ("mm", False, "needs an image"),
-    ],
-)
-def test_resolve_refuses_with_the_choices(workflow, has_image, message):
-    with pytest.raises(ValueError, match=message):
-        routing.resolve_workflow(params(workflow), has_image)
 
 
 def test_the_worker_reads_the_admitted_name_and_never_guesses():

@@ -18,6 +18,7 @@ from vllm.v1.core.sched.output import NewRequestData
 from vllm.v1.worker.gpu.input_batch import InputBatch, InputBuffers
 
 from iaa_vllm.engine import routing
+from iaa_vllm.engine.admission import requested_workflow
 from iaa_vllm.engine.runner_v2 import IAAModelState
 
 IMG = 128049
@@ -88,7 +89,8 @@ def _warmup_requests(builder, config, *args) -> list:
     runner = SimpleNamespace(
         vllm_config=config, model_config=config.model_config, scheduler_config=config.scheduler_config,
         max_model_len=config.model_config.max_model_len, max_num_reqs=4, num_speculative_steps=0,
-        decode_query_len=1, is_pooling_model=False, is_encoder_decoder=False, is_last_pp_rank=True,
+        decode_query_len=1, is_pooling_model=False, is_encoder_decoder=False, is_encoder_only=False,
+        is_last_pp_rank=True,
         adaptive_verification=None, rejection_sampler=None,
         model_state=SimpleNamespace(), kv_block_zeroer=None, block_tables=None,
         kv_connector=SimpleNamespace(set_disabled=lambda disabled: None),
@@ -111,7 +113,7 @@ def test_v2_warmup_requests_run_as_text(model_state, tiny_dir, builder):
     state = model_state.workflows
     state.workflow[:] = routing.MM  # so that a slot left unset would show
     for slot, request in enumerate(requests[:4]):
-        assert routing.requested_workflow(request.sampling_params) is None, request.req_id
+        assert requested_workflow(request.sampling_params) is None, request.req_id
         model_state.add_request(slot, request)
         assert state.workflow[slot] == routing.TEXT, request.req_id
         model_state.remove_request(request.req_id)

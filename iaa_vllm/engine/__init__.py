@@ -1,5 +1,7 @@
 """What vLLM loads: the IAA model, its workflow routing and its vLLM hooks.
 
+Every vLLM object the plugin registers or patches is listed in `patches/__init__.py`.
+
 Nothing in this package imports from the rest of `iaa_vllm`; the tools (CLI,
 checkpoint writer, demo, eval, client) sit above it and import from it.
 docs/design.md §6 maps the modules.
@@ -20,10 +22,9 @@ def register() -> None:
     if ARCHITECTURE not in ModelRegistry.get_supported_archs():
         ModelRegistry.register_model(ARCHITECTURE, "iaa_vllm.engine.model:IAALlamaForCausalLM")
 
-    from iaa_vllm.engine import admission, config_hook, media
+    from iaa_vllm.engine import config_hook, patches
     from iaa_vllm.engine.config import register_config
 
     register_config()
     config_hook.install()
-    admission.install()
-    media.install()
+    patches.install()

@@ -1,32 +1,64 @@
-"""Request admission for IAA engines: resolve, check and salt each request.
+"""Request admission for IAA engines: resolve, check and salt each request's workflow.
 
 Runs in the frontend process (offline `LLM` and `vllm serve` alike) right after
-vLLM has rendered a request, so a bad request fails alone, as a `WorkflowError`
-(a ValueError offline, HTTP 400 on the server), before it reaches the engine core:
+vLLM has rendered a request (`patches/input_processor.py` calls `admit`), so a bad
+request fails alone, as a `WorkflowError` (a ValueError offline, HTTP 400 on the
+server), before it reaches the engine core:
 
-- the workflow is resolved (`routing.resolve_workflow`: default `mm` with an image,
-  else `text`) and written into `extra_args`, so the worker never has to guess;
+- the workflow is resolved (`resolve_workflow`: default `mm` with an image, else
+  `text`) and written into `extra_args`, so the worker never has to guess
+  (`routing.admitted_workflow` reads it back);
 - `text` with an image, `mm`/`grounding` without one, and image tokens typed
   into a prompt that carries no image are rejected with the valid choices;
 - image workflows get a per-workflow `cache_salt`: prefix-cache block hashes do
   not know the workflow, yet an image request's frozen-layer KV differs from a
   text request's on the same tokens (design.md §3). Text keeps the caller's
   salt, so text prefix caching behaves exactly as for stock Llama.
-
-vLLM has no per-request hook that sees both the prompt and the sampling params,
-so this wraps `InputProcessor.process_inputs` (see `install`). This module and
-media.py hold every patch the engine side of the plugin makes to vLLM; each names
-the vLLM versions it was checked against.
 """
 
 from __future__ import annotations
 
-import functools
+from vllm import SamplingParams
+from vllm.exceptions import VLLMValidationError
 
-from iaa_vllm.engine.names import EXTRA_ARGS_KEY, MODEL_TYPE
-from iaa_vllm.engine.routing import WorkflowError, resolve_workflow
+from iaa_vllm.engine.names import EXTRA_ARGS_KEY, IMAGE_WORKFLOWS, WORKFLOWS
 
 SALT_PREFIX = "iaa-workflow:"
+
+
+class WorkflowError(VLLMValidationError, ValueError):
+    """A request the IAA engine refuses: HTTP 400 on the server, ValueError offline."""
+
+
+def requested_workflow(params: SamplingParams | None) -> str | None:
+    """The workflow named in `extra_args`, checked; None when not given."""
+    extra = (params.extra_args if params is not None else None) or {}
+    name = extra.get(EXTRA_ARGS_KEY)
+    if name is not None and name not in WORKFLOWS:
+        raise WorkflowError(
+            f"{EXTRA_ARGS_KEY}={name!r} is not a workflow; valid: {list(WORKFLOWS)}",
+            parameter=EXTRA_ARGS_KEY,
+        )
+    return name
+
+
+def resolve_workflow(params: SamplingParams | None, has_image: bool) -> str:
+    """The request's workflow: as asked, else `mm` with an image, else `text`."""
+    name = requested_workflow(params)
+    if name is None:
+        return "mm" if has_image else "text"
+    if name == "text" and has_image:
+        raise WorkflowError(
+            f"{EXTRA_ARGS_KEY}='text' cannot take an image; use one of "
+            f"{list(IMAGE_WORKFLOWS)} for image requests",
+            parameter=EXTRA_ARGS_KEY,
+        )
+    if name in IMAGE_WORKFLOWS and not has_image:
+        raise WorkflowError(
+            f"{EXTRA_ARGS_KEY}={name!r} needs an image; none was given",
+            parameter=EXTRA_ARGS_KEY,
+        )
+    return name
 
 
 def admit(request, image_token: int) -> None:
@@ -44,31 +76,3 @@ def admit(request, image_token: int) -> None:
     params.extra_args = {**(params.extra_args or {}), EXTRA_ARGS_KEY: workflow}
     if workflow != "text":
         request.cache_salt = f"{SALT_PREFIX}{workflow}:{request.cache_salt or ''}"
-
-
-def _is_iaa(input_processor) -> bool:
-    hf_config = input_processor.model_config.hf_config
-    return getattr(hf_config, "model_type", None) == MODEL_TYPE
-
-
-def install() -> None:
-    """Wrap `InputProcessor.process_inputs` once, for the requests of IAA engines only.
-
-    Idempotent. Checked against vLLM 0.26 and 0.32 (`vllm/v1/engine/input_processor.py`).
-    Other models' requests pass through untouched (`_is_iaa`).
-    """
-    from vllm.v1.engine.input_processor import InputProcessor
-
-    original = InputProcessor.process_inputs
-    if getattr(original, "_iaa_admission", False):
-        return
-
-    @functools.wraps(original)
-    def process_inputs(self, *args, **kwargs):
-        request = original(self, *args, **kwargs)
-        if _is_iaa(self):
-            admit(request, self.model_config.hf_config.image_token_index)
-        return request
-
-    process_inputs._iaa_admission = True
-    InputProcessor.process_inputs = process_inputs

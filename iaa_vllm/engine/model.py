@@ -2,11 +2,11 @@
 
 Class ladder as in vLLM's llava.py: workflow adapter set -> IAALlamaForCausalLM,
 with processing in `processing.py`. The frozen Llama is vLLM's own compiled
-`LlamaModel` and `ParallelLMHead` (`frozen.py` adds IAA's two steps to it as
+`LlamaModel` and `ParallelLMHead` (`custom_ops.py` adds IAA's two steps to it as
 opaque ops); CLIP is vLLM's `CLIPVisionModel`. What IAA adds:
 
 - per image workflow (`mm`, `grounding`): embedding table, LM head and projector
-  (`IAAAdapter`), final norm (`frozen.IAAFinalNorm`) and insertion layers
+  (`IAAAdapter`), final norm (`custom_ops.IAAFinalNorm`) and insertion layers
   (`insertion.py`);
 - per-request workflows (`routing.py`): text rows run exactly the stock Llama
   path; image rows get their workflow's embedding, insertion layers, norm, head.
@@ -42,10 +42,11 @@ from vllm.model_executor.models.utils import AutoWeightsLoader, WeightsMapper, m
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from iaa_vllm.engine import config as iaa_config
-from iaa_vllm.engine import config_hook, frozen, routing, weights
+from iaa_vllm.engine import config_hook, custom_ops, routing, weights
 from iaa_vllm.engine.insertion import IAAInsertionLayer
 from iaa_vllm.engine.processing import (
     IAADummyInputsBuilder,
+    IAAImagePixelInputs,
     IAAMultiModalProcessor,
     IAAProcessingInfo,
 )
@@ -53,7 +54,7 @@ from iaa_vllm.engine.projector import IAAProjector
 
 
 class IAAAdapter(nn.Module):
-    """One image workflow's own embedding, LM head and projector (its norm: `frozen.IAAFinalNorm`)."""
+    """One image workflow's own embedding, LM head and projector (its norm: `custom_ops.IAAFinalNorm`)."""
 
     def __init__(self, config, quant_config, prefix: str):
         super().__init__()
@@ -106,13 +107,13 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         if compilation.mode == CompilationMode.VLLM_COMPILE:
             # Before LlamaModel's compile wrapper exists: cut the graph at IAA's ops.
             ops = list(compilation.splitting_ops or [])
-            compilation.splitting_ops = ops + [op for op in frozen.SPLITTING_OPS if op not in ops]
+            compilation.splitting_ops = ops + [op for op in custom_ops.SPLITTING_OPS if op not in ops]
 
         # Per-request workflows, fed by a runner adapter (routing.py), read by the ops.
         self.workflows = routing.WorkflowState(
             vllm_config.scheduler_config.max_num_seqs, config.image_token_index
         )
-        frozen.register_layer(vllm_config, maybe_prefix(prefix, "workflows"), self.workflows)
+        custom_ops.register_layer(vllm_config, maybe_prefix(prefix, "workflows"), self.workflows)
         insertion_names = {
             depth: maybe_prefix(prefix, f"insertion_layers.{k}")
             for k, depth in enumerate(config.iaa_insertion_layers)
@@ -127,13 +128,13 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
         with self._mark_language_model(vllm_config):
             self.model = LlamaModel(
                 vllm_config=vllm_config, prefix=maybe_prefix(prefix, "model"),
-                layer_type=functools.partial(frozen.IAADecoderLayer, insertion_names=insertion_names),
+                layer_type=functools.partial(custom_ops.IAADecoderLayer, insertion_names=insertion_names),
             )
             norm_name = maybe_prefix(prefix, "model.norm")
-            self.model.norm = frozen.IAAFinalNorm(
+            self.model.norm = custom_ops.IAAFinalNorm(
                 config.hidden_size, config.rms_norm_eps, self.workflows, norm_name
             )
-            frozen.register_layer(vllm_config, norm_name, self.model.norm)
+            custom_ops.register_layer(vllm_config, norm_name, self.model.norm)
             self.lm_head = ParallelLMHead(
                 config.vocab_size, config.hidden_size, quant_config=quant_config,
                 prefix=maybe_prefix(prefix, "lm_head"),
@@ -143,7 +144,7 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
                 for name in insertion_names.values()
             )
             for name, layer in zip(insertion_names.values(), self.insertion_layers):
-                frozen.register_layer(vllm_config, name, layer)
+                custom_ops.register_layer(vllm_config, name, layer)
             self.adapters = nn.ModuleDict(
                 {
                     wf: IAAAdapter(config, quant_config, maybe_prefix(prefix, f"adapters.{wf}"))
@@ -162,9 +163,11 @@ class IAALlamaForCausalLM(nn.Module, SupportsMultiModal):
     # ---- vision -------------------------------------------------------------
     def embed_multimodal(self, **kwargs) -> list[torch.Tensor]:
         """pixel_values [n, 3, S, S] → n CLIP feature maps [576, mm_hidden] (unprojected)."""
-        pixel_values = kwargs.get("pixel_values")
-        if pixel_values is None:
+        if kwargs.get("pixel_values") is None:
             return []
+        image_input = IAAImagePixelInputs(pixel_values=kwargs["pixel_values"],
+                                          resolve_bindings={"s": self.vision_config.image_size})
+        pixel_values = image_input.pixel_values
         if isinstance(pixel_values, (list, tuple)):
             pixel_values = torch.stack(list(pixel_values))
         features = self.vision_tower(

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from functools import cached_property
+from typing import Annotated
 
+import torch
 from PIL import Image
 from transformers import BatchFeature
 from vllm.multimodal.inputs import MultiModalFieldConfig, MultiModalKwargsItems
@@ -22,6 +24,7 @@ from vllm.multimodal.processing import (
     PromptReplacement,
     PromptUpdate,
 )
+from vllm.utils.tensor_schema import TensorSchema, TensorShape
 
 from iaa_vllm.engine import config as iaa_config
 from iaa_vllm.engine.compat import ImageProcessorBase
@@ -56,6 +59,28 @@ def pixel_values(processor: CLIPImageProcessor, images: Sequence[Image.Image]):
     background = tuple(int(255 * m) for m in processor.image_mean)
     squares = [expand_to_square(im.convert("RGB"), background) for im in images]
     return processor(images=squares, return_tensors="pt")["pixel_values"]
+
+
+class IAAImagePixelInputs(TensorSchema):
+    """The model's image input, as `IAAMultiModalProcessor` makes it (`model.embed_multimodal`).
+
+    Dimensions:
+        - bn: images in the batch
+        - s: the CLIP tower's image side (`vision_config.image_size`; 336 in the release)
+
+    vLLM's schema checks the shape; the dtype is checked here: CLIP takes normalised
+    floats, and integer pixels (0-255) would run as numbers 100x too large.
+    """
+
+    pixel_values: Annotated[torch.Tensor, TensorShape("bn", 3, "s", "s")]
+
+    def validate(self) -> None:
+        super().validate()
+        images = self.pixel_values if isinstance(self.pixel_values, (list, tuple)) else [self.pixel_values]
+        wrong = sorted({str(image.dtype) for image in images if not image.is_floating_point()})
+        if wrong:
+            raise ValueError(f"pixel_values must be a floating-point tensor (CLIP-normalised pixels), "
+                             f"not {', '.join(wrong)}")
 
 
 class IAAProcessingInfo(BaseProcessingInfo):

@@ -1,15 +1,16 @@
-"""The one home of a request's workflow: `text`, `mm` or `grounding`.
+"""The worker's side of a request's workflow (`text`, `mm` or `grounding`): per-step rows.
 
 A request's workflow travels, in one direction, through four stops:
 
 1. Admission (`admission.py`, frontend) resolves it once, with `resolve_workflow`,
-   and writes the name into the request's `extra_args`.
+   and writes the name into the request's `extra_args`; everything below runs in
+   the worker.
 2. A runner adapter records slot -> workflow in the model's `WorkflowState`:
    `runner_v1.WorkflowSlots` on the V1 model runner, `runner_v2.IAAModelState`
    on Model Runner V2. Both read the name admission wrote (`admitted_workflow`).
 3. The forward expands slots to tokens (`WorkflowState.begin_step`): a `Step`
    holds the rows of each image workflow. The insertion layers and the final
-   norm (`frozen.py`) read it; a step without image rows is `None`.
+   norm (`custom_ops.py`) read it; a step without image rows is `None`.
 4. The forward's output carries each row's workflow id in one extra column
    (`tag_rows`), so `compute_logits` knows the workflow of whatever rows the
    runner hands it, sampled or prompt-logprob slices alike (`untag_rows`).
@@ -27,49 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from vllm import SamplingParams
-from vllm.exceptions import VLLMValidationError
 from vllm.forward_context import get_forward_context, is_forward_context_available
 
-from iaa_vllm.engine.names import EXTRA_ARGS_KEY
+from iaa_vllm.engine.admission import requested_workflow
+from iaa_vllm.engine.names import EXTRA_ARGS_KEY, IMAGE_WORKFLOWS, WORKFLOWS
 
-WORKFLOWS = ("text", "mm", "grounding")
-IMAGE_WORKFLOWS = ("mm", "grounding")
-TEXT, MM, GROUNDING = range(3)
-
-
-class WorkflowError(VLLMValidationError, ValueError):
-    """A request the IAA engine refuses: HTTP 400 on the server, ValueError offline."""
-
-
-def requested_workflow(params: SamplingParams | None) -> str | None:
-    """The workflow named in `extra_args`, checked; None when not given."""
-    extra = (params.extra_args if params is not None else None) or {}
-    name = extra.get(EXTRA_ARGS_KEY)
-    if name is not None and name not in WORKFLOWS:
-        raise WorkflowError(
-            f"{EXTRA_ARGS_KEY}={name!r} is not a workflow; valid: {list(WORKFLOWS)}",
-            parameter=EXTRA_ARGS_KEY,
-        )
-    return name
-
-
-def resolve_workflow(params: SamplingParams | None, has_image: bool) -> str:
-    """The request's workflow: as asked, else `mm` with an image, else `text`."""
-    name = requested_workflow(params)
-    if name is None:
-        return "mm" if has_image else "text"
-    if name == "text" and has_image:
-        raise WorkflowError(
-            f"{EXTRA_ARGS_KEY}='text' cannot take an image; use one of "
-            f"{list(IMAGE_WORKFLOWS)} for image requests",
-            parameter=EXTRA_ARGS_KEY,
-        )
-    if name in IMAGE_WORKFLOWS and not has_image:
-        raise WorkflowError(
-            f"{EXTRA_ARGS_KEY}={name!r} needs an image; none was given",
-            parameter=EXTRA_ARGS_KEY,
-        )
-    return name
+TEXT, MM, GROUNDING = range(3)  # ids: indices into WORKFLOWS
 
 
 # vLLM's own requests, built in the worker with no frontend: Model Runner V2's kernel

@@ -1,4 +1,4 @@
-"""The frozen Llama, composed: vLLM's compiled `LlamaModel` with IAA's two steps as opaque ops.
+"""IAA's custom ops: insertion layers and workflow norms, opaque inside vLLM's compiled `LlamaModel`.
 
 IAA runs its insertion layers right after chosen frozen layers, and each image
 workflow's own final norm. Both choose rows per request, which is data-dependent
@@ -32,7 +32,8 @@ from vllm.model_executor.models.llama import LlamaDecoderLayer
 from vllm.model_executor.models.utils import extract_layer_index
 from vllm.utils.torch_utils import direct_register_custom_op
 
-from iaa_vllm.engine.routing import IMAGE_WORKFLOWS, WorkflowState
+from iaa_vllm.engine.names import IMAGE_WORKFLOWS
+from iaa_vllm.engine.routing import WorkflowState
 
 _LIBRARY = Library("iaa", "FRAGMENT")  # the ops live as long as this module
 SPLITTING_OPS = ("iaa::insertion_layer", "iaa::workflow_norm")

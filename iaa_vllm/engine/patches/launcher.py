@@ -1,14 +1,17 @@
-"""Tell an engine death from a requested stop in `iaa-vllm serve`.
+"""`terminate_if_errored` (vLLM's API launcher): `iaa-vllm serve` tells an engine death from a requested stop.
 
 When the engine core dies, vLLM's API server stops by itself, and its main
 returns as after SIGTERM: exit code 0 (measured on 0.32, stock Llama and IAA
 alike), which a supervisor restarting on failure takes for a clean stop.
 `watch_engine_death` lets `iaa-vllm serve` exit 3 instead (cli.py).
+Registry: `patches/__init__.py`.
 """
 
 from __future__ import annotations
 
 import functools
+
+from iaa_vllm.engine.patches import async_llm
 
 
 def watch_engine_death():
@@ -16,38 +19,29 @@ def watch_engine_death():
 
     vLLM stops the server on engine death through `terminate_if_errored`, from its
     5 s watchdog or from a request that met the dead engine, and only then. A stop
-    asked for (SIGTERM, SIGINT) first shuts the engine client down, which makes the
-    engine look errored too, so a stop under way (`AsyncLLM.shutdown` called) is
-    not a death. Checked against vLLM 0.26 and 0.32 (`compat.API_LAUNCHER_MODULE`,
-    `vllm/v1/engine/async_llm.py`). Call before the server's modules are imported:
+    asked for is not a death (`async_llm.stopping`). Checked against vLLM 0.26-0.32
+    (`compat.API_LAUNCHER_MODULE`). Call before the server's modules are imported:
     they import `terminate_if_errored` by name. Idempotent; serve processes only.
     """
     import importlib
 
-    from vllm.v1.engine.async_llm import AsyncLLM
-
     from iaa_vllm.engine import compat
 
+    async_llm.install()
     launcher = importlib.import_module(compat.API_LAUNCHER_MODULE)
-    if getattr(launcher.terminate_if_errored, "_iaa_death_watch", False):
+    if getattr(launcher.terminate_if_errored, "_iaa_patch", False):
         return launcher.terminate_if_errored.died
-    state = {"stopping": False, "died": False}
-    terminate_original, shutdown_original = launcher.terminate_if_errored, AsyncLLM.shutdown
+    state = {"died": False}
+    original = launcher.terminate_if_errored
 
-    @functools.wraps(terminate_original)
+    @functools.wraps(original)
     def terminate_if_errored(server, engine):
         was_exiting = server.should_exit
-        terminate_original(server, engine)
-        if server.should_exit and not was_exiting and not state["stopping"]:
+        original(server, engine)
+        if server.should_exit and not was_exiting and not async_llm.stopping():
             state["died"] = True
 
-    @functools.wraps(shutdown_original)
-    def shutdown(self, *args, **kwargs):
-        state["stopping"] = True
-        return shutdown_original(self, *args, **kwargs)
-
-    terminate_if_errored._iaa_death_watch = True
+    terminate_if_errored._iaa_patch = True
     terminate_if_errored.died = lambda: state["died"]
     launcher.terminate_if_errored = terminate_if_errored
-    AsyncLLM.shutdown = shutdown
     return terminate_if_errored.died

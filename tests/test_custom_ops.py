@@ -1,4 +1,4 @@
-"""iaa_vllm/engine/frozen.py: the two custom ops and the workflow final norm, without an engine.
+"""iaa_vllm/engine/custom_ops.py: the two custom ops and the workflow final norm, without an engine.
 
 The ops are called here as the compiled LlamaModel calls them, with a forward
 context that holds the named layers. In the engine: tests/test_model.py counts
@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from iaa_vllm.engine import frozen
+from iaa_vllm.engine import custom_ops
 from iaa_vllm.engine.routing import Step
 from tests.reference import rms_norm
 
@@ -48,8 +48,8 @@ def _step(num_tokens: int, rows: dict[str, list[int]]) -> Step:
 
 
 def test_the_ops_are_registered_with_what_they_mutate():
-    assert frozen.SPLITTING_OPS == ("iaa::insertion_layer", "iaa::workflow_norm")
-    schemas = {name: getattr(torch.ops.iaa, name.split("::")[1]).default._schema for name in frozen.SPLITTING_OPS}
+    assert custom_ops.SPLITTING_OPS == ("iaa::insertion_layer", "iaa::workflow_norm")
+    schemas = {name: getattr(torch.ops.iaa, name.split("::")[1]).default._schema for name in custom_ops.SPLITTING_OPS}
     written = {name: [a.name for a in s.arguments if a.alias_info is not None and a.alias_info.is_write]
                for name, s in schemas.items()}
     assert written == {"iaa::insertion_layer": ["hidden_states", "residual"], "iaa::workflow_norm": ["out"]}
@@ -93,7 +93,7 @@ def test_the_insertion_op_runs_its_layer_only_on_steps_with_image_rows():
 
 
 def _final_norm(step):
-    norm = frozen.IAAFinalNorm(HIDDEN, EPS, SimpleNamespace(step=step), "model.norm")
+    norm = custom_ops.IAAFinalNorm(HIDDEN, EPS, SimpleNamespace(step=step), "model.norm")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for module in (norm, *norm.workflow_norms.values()):
@@ -122,14 +122,14 @@ def test_final_norm_gives_image_rows_their_workflows_norm(vllm_config, num_token
         expected[idx] = rms_norm(stream_out[idx], norm.workflow_norms[wf].weight.detach(), EPS)
     torch.testing.assert_close(out, expected, **TOLERANCE)
     with torch.no_grad():  # text rows: the frozen norm's own output, bit for bit
-        frozen_out, _ = frozen.RMSNorm.forward(norm, x.clone(), residual.clone())
+        frozen_out, _ = custom_ops.RMSNorm.forward(norm, x.clone(), residual.clone())
     assert torch.equal(out[text], frozen_out[text])
     # The workflow norms are not the frozen one: the check above could tell them apart.
     assert (rms_norm(stream_out, norm.weight.detach(), EPS)[~text] - out[~text]).abs().max() > 1e-2
 
 
 def test_register_layer_refuses_a_duplicate_name(vllm_config):
-    name = "test_frozen.layer"
-    frozen.register_layer(vllm_config, name, object())
-    with pytest.raises(ValueError, match="duplicate layer name 'test_frozen.layer'"):
-        frozen.register_layer(vllm_config, name, object())
+    name = "test_custom_ops.layer"
+    custom_ops.register_layer(vllm_config, name, object())
+    with pytest.raises(ValueError, match="duplicate layer name 'test_custom_ops.layer'"):
+        custom_ops.register_layer(vllm_config, name, object())
