@@ -144,39 +144,20 @@ def print_report(r: dict) -> None:
 
 
 def plot(r: dict, path: str) -> None:
-    """Bar charts with PIL (matplotlib is not in the environment): capacity, ratios, start."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=13)
-    a = r["analytic_real_shapes"]
-    panels = [
-        ("KV capacity (tokens)", [(n, e["kv_tokens"]) for n, e in r["engines"].items()], "{:,.0f}"),
-        ("KV capacity vs stock", [("tiny measured", r["measured_ratio"]),
-                                  ("iaa-14", a["iaa-14"]["shared"]), ("iaa-14 unshared", a["iaa-14"]["unshared"]),
-                                  ("iaa-8", a["iaa-8"]["shared"])], "{:.3f}"),
-        ("engine start (s)", [(n, e["start_s"]) for n, e in r["engines"].items()], "{:.1f}"),
-    ]
-    w, h, top, bottom = 330, 340, 50, 60
-    image = Image.new("RGB", (w * len(panels), h + 30), "white")
-    draw = ImageDraw.Draw(image)
-    colours = [(70, 110, 180), (220, 120, 40), (120, 160, 90), (150, 90, 160)]
-    for p, (title, bars, fmt) in enumerate(panels):
-        x0 = p * w
-        draw.text((x0 + 15, 15), title, fill="black", font=font)
-        peak = max(v for _, v in bars) or 1
-        bw = (w - 40) // len(bars)
-        for i, (label, value) in enumerate(bars):
-            bh = (h - top - bottom) * value / peak
-            left = x0 + 20 + i * bw
-            draw.rectangle((left + 6, h - bottom - bh, left + bw - 6, h - bottom), fill=colours[i % 4])
-            draw.text((left + 6, h - bottom - bh - 16), fmt.format(value), fill="black", font=font)
-            draw.text((left + 6, h - bottom + 6), label.replace(" ", "\n", 1), fill="black", font=font)
-        draw.line((x0 + 20, h - bottom, x0 + w - 20, h - bottom), fill="black")
+    """Bar charts: capacity, ratios, start."""
+    a, engines = r["analytic_real_shapes"], r["engines"]
+    ratios = {"tiny\nmeasured": r["measured_ratio"], "iaa-14": a["iaa-14"]["shared"],
+              "iaa-14\nunshared": a["iaa-14"]["unshared"], "iaa-8": a["iaa-8"]["shared"]}
     m, s = r["machine"], r["settings"]
-    draw.text((15, h + 5), f"{m['cpu']}, {m['cores']} cores; VLLM_CPU_KVCACHE_SPACE="
-              f"{s['VLLM_CPU_KVCACHE_SPACE_gib']} GiB, {s['dtype']}; iaa-14/iaa-8 bars: 32/(32+N) analytic",
-              fill="gray", font=font)
-    image.save(path)
+    report_files.figure(path, [
+        report_files.Panel("KV capacity", "tokens", groups=list(engines),
+                           bars={"": [e["kv_tokens"] for e in engines.values()]}, value_format="{:,.0f}"),
+        report_files.Panel("KV capacity vs stock", "ratio", groups=list(ratios), bars={"": list(ratios.values())},
+                           value_format="{:.3f}"),
+        report_files.Panel("engine start", "s", groups=list(engines),
+                           bars={"": [e["start_s"] for e in engines.values()]}, value_format="{:.1f}"),
+    ], caption=f"{m['cpu']}, {m['cores']} cores; VLLM_CPU_KVCACHE_SPACE={s['VLLM_CPU_KVCACHE_SPACE_gib']} GiB, "
+               f"{s['dtype']}; iaa-14/iaa-8 bars: 32/(32+N) analytic")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

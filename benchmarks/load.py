@@ -34,14 +34,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from benchmarks import report
-from iaa_vllm.local_server import (Server, chat_body, decompression_bomb, encode, noise_image, png_bytes, post,
-                                   serve, server_memory)
+from benchmarks.server_probes import decompression_bomb, server_memory
+from iaa_vllm.local_server import Server, chat_body, encode, noise_image, png_bytes, post, serve
 
 BAD_EVERY = 4  # every fourth scheduled request is a bad one
-COLOURS = {"text": (31, 119, 180), "mm": (44, 160, 44), "grounding": (255, 127, 14), "bad": (214, 39, 40)}
+COLOURS = {"text": "tab:blue", "mm": "tab:green", "grounding": "tab:orange", "bad": "tab:red"}
 
 
 # ---- the workload ---------------------------------------------------------------------------
@@ -233,33 +232,24 @@ def passed(summary: dict) -> bool:
                 or summary["mismatches"])
 
 
-def plot(summary: dict, path: str, size: tuple[int, int] = (900, 500)) -> None:
+def plot(summary: dict, path: str) -> None:
     """Latency of every request against its start time, one colour per workflow (bad in red)."""
-    width, height = size
-    left, right, top, bottom = 70, 20, 40, 50
-    image = Image.new("RGB", size, "white")
-    pen = ImageDraw.Draw(image)
-    records = summary["records"]
-    x_max = max(r["start_s"] + r["latency_s"] for r in records) or 1.0
-    y_max = max(r["latency_s"] for r in records) * 1.05 or 1.0
-    pen.rectangle([left, top, width - right, height - bottom], outline="black")
-    for i in range(6):  # axis ticks
-        x = left + i * (width - left - right) / 5
-        y = height - bottom - i * (height - top - bottom) / 5
-        pen.text((x - 10, height - bottom + 6), f"{i * x_max / 5:.1f}", fill="black")
-        pen.text((8, y - 6), f"{i * y_max / 5:.2f}", fill="black")
-    pen.text((width // 2 - 60, height - 22), "request start (s)", fill="black")
-    pen.text((8, 12), f"latency (s) - {summary['requests']} requests, {summary['clients']} clients, "
-                      f"5xx: {summary['server_errors_5xx']}, mismatches: {len(summary['mismatches'])}", fill="black")
+    report.figure(path, [report.Panel(
+        f"{summary['requests']} requests, {summary['clients']} clients, 5xx: {summary['server_errors_5xx']}, "
+        f"mismatches: {len(summary['mismatches'])}", "latency (s)", "request start (s)",
+        points=points_by_kind(summary["records"], COLOURS,
+                              lambda r: "bad" if r["name"].startswith("bad/") else r["name"].split("/")[0]),
+        colours=COLOURS)], panel_size=(9, 5))
+
+
+def points_by_kind(records: list[dict], kinds, kind) -> dict[str, tuple[list[float], list[float]]]:
+    """(start, latency) of each record, by `kind(record)`, in the order of `kinds`."""
+    found: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in kinds}
     for r in records:
-        kind = "bad" if r["name"].startswith("bad/") else r["name"].split("/")[0]
-        x = left + r["start_s"] / x_max * (width - left - right)
-        y = height - bottom - r["latency_s"] / y_max * (height - top - bottom)
-        pen.ellipse([x - 2, y - 2, x + 2, y + 2], fill=COLOURS[kind])
-    for i, (kind, colour) in enumerate(COLOURS.items()):
-        pen.rectangle([width - 120, top + 10 + 16 * i, width - 110, top + 20 + 16 * i], fill=colour)
-        pen.text((width - 104, top + 9 + 16 * i), kind, fill="black")
-    image.save(path, format="PNG")
+        xs, ys = found.setdefault(kind(r), ([], []))
+        xs.append(r["start_s"])
+        ys.append(r["latency_s"])
+    return {k: xy for k, xy in found.items() if xy[0]}
 
 
 def write_results(summary: dict, name: str = "load") -> str:

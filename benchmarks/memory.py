@@ -35,13 +35,12 @@ import sys
 import tempfile
 
 import numpy as np
-from PIL import Image, ImageDraw
 
 from benchmarks import load, report
 from iaa_vllm import local_server
 
 CONFIGS = ("stock", "iaa-text", "iaa-mixed")
-PLOT_COLOURS = {"stock": (120, 120, 120), "iaa-text": (31, 119, 180), "iaa-mixed": (255, 127, 14)}
+PLOT_COLOURS = {"stock": "grey", "iaa-text": "tab:blue", "iaa-mixed": "tab:orange"}
 
 
 def request_bodies(config: str, model: str) -> dict[str, dict]:
@@ -113,40 +112,18 @@ def summarise(runs: list[dict]) -> dict:
     return table
 
 
-def plot(result: dict, path: str, size: tuple[int, int] = (900, 520)) -> None:
+def plot(result: dict, path: str) -> None:
     """Total server RSS against answered requests, one line per run, coloured by configuration."""
-    width, height = size
-    left, right, top, bottom = 80, 20, 40, 50
-    image = Image.new("RGB", size, "white")
-    pen = ImageDraw.Draw(image)
-    runs = result["runs"]
-    points = [(s["done"], s["total"]) for r in runs for s in r["samples"]]
-    x_max = max(x for x, _ in points) or 1
-    y_lo, y_hi = min(y for _, y in points), max(y for _, y in points)
-    y_lo, y_hi = y_lo - 0.05 * (y_hi - y_lo + 1), y_hi + 0.05 * (y_hi - y_lo + 1)
-
-    def xy(x: float, y: float) -> tuple[float, float]:
-        return (left + x / x_max * (width - left - right),
-                height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
-
-    pen.rectangle([left, top, width - right, height - bottom], outline="black")
-    for i in range(6):
-        x, _ = xy(i * x_max / 5, y_lo)
-        _, y = xy(0, y_lo + i * (y_hi - y_lo) / 5)
-        pen.text((x - 12, height - bottom + 6), f"{i * x_max / 5:.0f}", fill="black")
-        pen.text((8, y - 6), f"{y_lo + i * (y_hi - y_lo) / 5:.0f}", fill="black")
-    pen.text((width // 2 - 60, height - 22), "answered requests", fill="black")
-    pen.text((8, 12), f"server RSS (MiB, all processes); warm-up {result['options']['warmup']} requests", fill="black")
-    wx, _ = xy(result["options"]["warmup"], y_lo)
-    pen.line([wx, top, wx, height - bottom], fill=(200, 200, 200))
-    for r in runs:
-        pen.line([xy(s["done"], s["total"]) for s in r["samples"]], fill=PLOT_COLOURS[r["config"]], width=2)
-    for i, config in enumerate(result["slopes"]):
-        total = result["slopes"][config]["total"]
-        pen.rectangle([left + 10, top + 10 + 16 * i, left + 20, top + 20 + 16 * i], fill=PLOT_COLOURS[config])
-        pen.text((left + 26, top + 9 + 16 * i), f"{config}: {total['mean']:.1f} MiB/1k requests "
-                 f"(runs {total['min']:.1f}..{total['max']:.1f})", fill="black")
-    image.save(path, format="PNG")
+    totals = {config: slopes["total"] for config, slopes in result["slopes"].items()}
+    labels = {config: f"{config}: {t['mean']:.1f} MiB/1k requests (runs {t['min']:.1f}..{t['max']:.1f})"
+              for config, t in totals.items()}
+    lines: dict[str, list] = {label: [] for label in labels.values()}
+    for r in result["runs"]:
+        lines[labels[r["config"]]].append(([s["done"] for s in r["samples"]], [s["total"] for s in r["samples"]]))
+    report.figure(path, [report.Panel(
+        "server RSS (all processes)", "RSS (MiB)", "answered requests", lines=lines,
+        vlines={f"warm-up {result['options']['warmup']} requests": result["options"]["warmup"]},
+        colours={label: PLOT_COLOURS[config] for config, label in labels.items()})], panel_size=(9, 5.2))
 
 
 def checkpoints(args: argparse.Namespace) -> dict[str, str]:

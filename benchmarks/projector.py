@@ -141,48 +141,24 @@ def machine(on_gpu: bool) -> dict:
 
 
 def plot(report: dict, path: str) -> None:
-    """Two bar panels with PIL (no matplotlib here): time per image, speed-up vs eager."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=13)
-    rows, colours = report["rows"], {"torch_eager": (120, 120, 120), "torch_compile": (70, 110, 180),
-                                     "triton": (220, 120, 40)}
-    panel_w, h, top, bottom, left = 520, 380, 60, 50, 50
-    image = Image.new("RGB", (2 * panel_w, h + 50), "white")
-    draw = ImageDraw.Draw(image)
-    panels = [("time per image (ms)", {n: [r["ms"][n] / r["images"] for r in rows] for n in PROVIDERS}, None),
-              ("speed-up vs torch eager (x)", {n: [r["speedup_vs_eager"][n] for r in rows]
-                                                for n in PROVIDERS[1:]}, (1.0, GOAL["speedup_vs_eager"]))]
-    for p, (title, series, lines) in enumerate(panels):
-        x0, plot_h = p * panel_w + left, h - top - bottom
-        peak = max(max(v) for v in series.values()) * 1.15 or 1.0
-        if lines:
-            peak = max(peak, lines[1] * 1.15)
-        draw.text((x0, 12), title, fill="black", font=font)
-        group_w = (panel_w - left - 20) / len(rows)
-        bar_w = group_w / (len(series) + 1)
-        for i, row in enumerate(rows):
-            for j, (name, values) in enumerate(series.items()):
-                bx = x0 + i * group_w + j * bar_w
-                by = h - bottom - plot_h * values[i] / peak
-                draw.rectangle((bx, by, bx + bar_w - 2, h - bottom), fill=colours[name])
-            draw.text((x0 + i * group_w, h - bottom + 6), f"{row['images']} img", fill="black", font=font)
-        for value in lines or ():
-            y = h - bottom - plot_h * value / peak
-            draw.line((x0, y, x0 + panel_w - left - 20, y), fill=(200, 0, 0) if value > 1 else "black")
-            draw.text((x0 + panel_w - left - 60, y - 15), f"{value:g}x", fill="black", font=font)
-        draw.line((x0, h - bottom, x0 + panel_w - left - 20, h - bottom), fill="black")
-        for j, name in enumerate(series):
-            draw.rectangle((x0 + j * 150, 34, x0 + j * 150 + 12, 46), fill=colours[name])
-            draw.text((x0 + j * 150 + 16, 33), name, fill="black", font=font)
+    """Two bar panels: time per image, speed-up vs eager."""
+    rows = report["rows"]
+    groups = [f"{r['images']} img" for r in rows]
+    colours = {"torch_eager": "grey", "torch_compile": "tab:blue", "triton": "tab:orange"}
     s, m = report["shapes"], report["machine"]
     caption = (f"{m['device']}; {TOKENS_PER_IMAGE} tokens/image, {s['mm_hidden']} -> {s['hidden']} -> "
                f"{s['hidden']}, {s['dtype']}")
     smoke = report["mode"] == "cpu-smoke"
     if smoke:
         caption = "CPU SMOKE TEST, NOT A PERFORMANCE MEASUREMENT (Triton interpreted). " + caption
-    draw.text((left, h + 20), caption, fill=(200, 0, 0) if smoke else "gray", font=font)
-    image.save(path)
+    report_files.figure(path, [
+        report_files.Panel("time per image", "ms", "images per call", groups,
+                           {n: [r["ms"][n] / r["images"] for r in rows] for n in PROVIDERS}, colours=colours),
+        report_files.Panel("speed-up vs torch eager", "speed-up (x)", "images per call", groups,
+                           {n: [r["speedup_vs_eager"][n] for r in rows] for n in PROVIDERS[1:]},
+                           hlines={"1x": 1.0, f"{GOAL['speedup_vs_eager']:g}x": GOAL["speedup_vs_eager"]},
+                           colours=colours),
+    ], caption=caption, caption_colour="red" if smoke else "grey")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,10 +1,13 @@
-"""Where every benchmark's results go (`<out>/<stem>.json` and a PNG beside it), the
-machine they ran on, and how a benchmark starts another as a child process."""
+"""Where every benchmark's results go (`<out>/<stem>.json` and a PNG beside it), how
+that PNG is drawn, the machine they ran on, and how a benchmark starts another as a
+child process."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import math
 import os
 import platform
 import sys
@@ -81,3 +84,85 @@ def write(out_dir: str, stem: str, report: dict, plot: Callable[[dict, str], Non
     plot(report, base + ".png")
     print(f"wrote {base}.json and .png")
     return base
+
+
+@dataclasses.dataclass
+class Panel:
+    """One set of axes of a figure, as plain data.
+
+    Bars: `groups` along x and, per series, one value per group (None: no bar);
+    `dodge=False` puts every series in the group's one slot (one series per group).
+    Lines: per series, curves of (xs, ys), one legend entry for all of them.
+    Points: per series, (xs, ys). `hlines` / `vlines`: labelled reference lines.
+    Series named "" stay out of the legend."""
+
+    title: str
+    ylabel: str = ""
+    xlabel: str = ""
+    groups: list[str] = dataclasses.field(default_factory=list)
+    bars: dict[str, list[float | None]] = dataclasses.field(default_factory=dict)
+    dodge: bool = True
+    value_format: str | None = None  # e.g. "{:.2f}": each bar's value above it
+    lines: dict[str, list[tuple[list[float], list[float]]]] = dataclasses.field(default_factory=dict)
+    points: dict[str, tuple[list[float], list[float]]] = dataclasses.field(default_factory=dict)
+    hlines: dict[str, float] = dataclasses.field(default_factory=dict)
+    vlines: dict[str, float] = dataclasses.field(default_factory=dict)
+    colours: dict[str, str] = dataclasses.field(default_factory=dict)  # series -> colour
+
+
+def figure(path: str, panels: list[Panel], caption: str = "", columns: int | None = None,
+           caption_colour: str = "grey", panel_size: tuple[float, float] = (5.2, 3.8)) -> None:
+    """Draw `panels` (side by side, or `columns` to a row), each `panel_size` inches,
+    and save the PNG at `path`."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on benchmark hosts
+    import matplotlib.pyplot as plt
+
+    columns = columns or len(panels)
+    rows = math.ceil(len(panels) / columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(panel_size[0] * columns, panel_size[1] * rows),
+                             squeeze=False, layout="constrained")
+    for ax, panel in zip(axes.flat, panels):
+        _draw(ax, panel)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    if caption:
+        fig.supxlabel(caption, fontsize=8, color=caption_colour)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _draw(ax, p: Panel) -> None:
+    ax.set_title(p.title, fontsize=10)
+    if not (p.bars or p.lines or p.points):
+        ax.axis("off")  # a panel that only says what did not run
+    ax.set_ylabel(p.ylabel)
+    ax.set_xlabel(p.xlabel)
+    if p.bars:
+        slots = len(p.bars) if p.dodge else 1
+        width = 0.8 / slots
+        for i, (name, values) in enumerate(p.bars.items()):
+            offset = (i - (slots - 1) / 2) * width if p.dodge else 0.0
+            xs = [g + offset for g, v in enumerate(values) if v is not None]
+            bars = ax.bar(xs, [v for v in values if v is not None], width * 0.95, label=name,
+                          color=p.colours.get(name))
+            if p.value_format:
+                ax.bar_label(bars, fmt=p.value_format, fontsize=8)
+        ax.set_xticks(range(len(p.groups)), p.groups)
+        ax.margins(y=0.25)  # room for the value labels and the legend
+    for n, (name, curves) in enumerate(p.lines.items()):
+        for k, (xs, ys) in enumerate(curves):  # one colour and one legend entry per series
+            ax.plot(xs, ys, color=p.colours.get(name, f"C{n}"), label=name if k == 0 else None)
+    for name, (xs, ys) in p.points.items():
+        ax.scatter(xs, ys, s=6, color=p.colours.get(name), label=name)
+    if p.points:
+        ax.set_ylim(bottom=0)
+    for label, y in p.hlines.items():
+        ax.axhline(y, color="black", linewidth=0.8, linestyle="--")
+        ax.annotate(label, (1, y), xycoords=("axes fraction", "data"), ha="right", va="bottom", fontsize=8)
+    for label, x in p.vlines.items():
+        ax.axvline(x, color="grey", linewidth=0.8)
+        ax.annotate(f" {label}", (x, 0.02), xycoords=("data", "axes fraction"), ha="left", va="bottom", fontsize=8)
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(fontsize=8, markerscale=2)

@@ -83,34 +83,14 @@ def run() -> list[dict]:
 
 
 def plot(report: dict, path: str) -> None:
-    """Speed-up of each kernel over torch per case, drawn with PIL (no matplotlib here)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=13)
+    """Speed-up of each kernel over torch per case."""
     rows = report["rows"]
-    w, h, left, bottom, top = 760, 380, 50, 60, 50
-    image = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(image)
-    series = {"gather_add_speedup": (220, 120, 40), "scatter_speedup": (70, 110, 180)}
-    peak = max(max(r[s] for r in rows) for s in series) * 1.15
-    group = (w - left - 20) / len(rows)
-    plot_h = h - top - bottom
-    for i, row in enumerate(rows):
-        for j, (name, colour) in enumerate(series.items()):
-            x0 = left + i * group + j * group / 3
-            draw.rectangle((x0, h - bottom - plot_h * row[name] / peak, x0 + group / 3 - 2, h - bottom),
-                           fill=colour)
-        draw.text((left + i * group, h - bottom + 5), f"T={row['tokens']}\nn={row['image_rows']}",
-                  fill="black", font=font)
-    y1 = h - bottom - plot_h / peak
-    draw.line((left, y1, w - 20, y1), fill="black")
-    draw.text((w - 60, y1 - 15), "1x", fill="black", font=font)
-    for j, (name, colour) in enumerate(series.items()):
-        draw.rectangle((left + j * 220, 20, left + j * 220 + 12, 32), fill=colour)
-        draw.text((left + j * 220 + 16, 19), name.replace("_speedup", "") + " triton / torch", fill="black",
-                  font=font)
-    draw.text((left, h - 20), f"{report['machine']}; bf16, width {HIDDEN}", fill="gray", font=font)
-    image.save(path)
+    report_files.figure(path, [report_files.Panel(
+        "Triton / torch speed-up per case", "speed-up (x)", "tokens T, image rows n",
+        [f"T={r['tokens']}\nn={r['image_rows']}" for r in rows],
+        {f"{name} triton / torch": [r[f"{name}_speedup"] for r in rows] for name in ("gather_add", "scatter")},
+        hlines={"1x": 1.0}, colours={"gather_add triton / torch": "tab:orange", "scatter triton / torch": "tab:blue"},
+    )], caption=f"{report['machine']}; bf16, width {HIDDEN}")
 
 
 def main(argv: list[str] | None = None) -> int:

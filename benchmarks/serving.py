@@ -298,39 +298,21 @@ def print_report(report: dict) -> None:
 
 
 def plot(report: dict, path: str) -> None:
-    """Batch-1 MME latency per model and the latency vs FLOP ratios, drawn with PIL."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=13)
-    models = [(n, m) for n, m in report["models"].items() if "mme_batch1" in m]
-    w, h, left, bottom, top = 900, 420, 60, 70, 50
-    image = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(image)
-    half = w // 2
-    values = [m["mme_batch1"]["latency_s"]["p50"] for _, m in models]
-    peak = max(values) * 1.2
-    bar = (half - left - 20) / max(1, len(models))
-    for i, ((name, _), v) in enumerate(zip(models, values)):
-        x0 = left + i * bar
-        colour = (220, 120, 40) if name.startswith("IAA") else (70, 110, 180)
-        draw.rectangle((x0, h - bottom - (h - top - bottom) * v / peak, x0 + bar - 6, h - bottom), fill=colour)
-        draw.text((x0, h - bottom + 5), name.replace(" ", "\n", 1), fill="black", font=font)
-        draw.text((x0, h - bottom - (h - top - bottom) * v / peak - 16), f"{v:.3f}", fill="black", font=font)
-    draw.text((left, 15), f"MME-shaped request, batch 1: p50 latency (s), {report['mode']} mode", fill="black", font=font)
+    """Batch-1 MME latency per model and the latency vs FLOP ratios."""
+    models = [(n, m["mme_batch1"]["latency_s"]["p50"]) for n, m in report["models"].items() if "mme_batch1" in m]
     ratios = report["ratios"]
-    if ratios:
-        rpeak = max(max(r["latency_ratio"], r["flop_ratio"]) for r in ratios) * 1.2
-        group = (half - left - 20) / len(ratios)
-        for i, r in enumerate(ratios):
-            x0 = half + left + i * group
-            for j, (key, colour) in enumerate((("latency_ratio", (220, 120, 40)), ("flop_ratio", (150, 150, 150)))):
-                y = h - bottom - (h - top - bottom) * r[key] / rpeak
-                draw.rectangle((x0 + j * group / 3, y, x0 + (j + 1) * group / 3 - 2, h - bottom), fill=colour)
-                draw.text((x0 + j * group / 3, y - 16), f"{r[key]:.2f}", fill="black", font=font)
-            label = f"{r['iaa'].split()[1]}/\n{r['llava'].split()[1]}"
-            draw.text((x0, h - bottom + 5), label, fill="black", font=font)
-        draw.text((half + left, 15), "IAA / LLaVA: latency ratio (orange) vs FLOP ratio (grey)", fill="black", font=font)
-    image.save(path)
+    report_files.figure(path, [
+        report_files.Panel(f"MME-shaped request, batch 1, {report['mode']} mode", "p50 latency (s)",
+                           groups=[n.replace(" ", "\n", 1) for n, _ in models], dodge=False, value_format="{:.3f}",
+                           bars={family: [v if n.startswith(family) else None for n, v in models]
+                                 for family in ("IAA", "LLaVA")},
+                           colours={"IAA": "tab:orange", "LLaVA": "tab:blue"}),
+        report_files.Panel("IAA / LLaVA: latency ratio vs FLOP ratio", "ratio",
+                           groups=[f"{r['iaa'].split()[1]}/\n{r['llava'].split()[1]}" for r in ratios],
+                           bars={"latency": [r["latency_ratio"] for r in ratios],
+                                 "FLOPs": [r["flop_ratio"] for r in ratios]},
+                           value_format="{:.2f}", colours={"latency": "tab:orange", "FLOPs": "grey"}),
+    ])
 
 
 def main(argv: list[str] | None = None, runner=engine_runner.run_in_child) -> int:

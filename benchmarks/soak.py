@@ -29,12 +29,12 @@ import sys
 import time
 import urllib.request
 
-from PIL import Image, ImageDraw
 
 from benchmarks import load, report
-from iaa_vllm.local_server import Server, metric, metrics, serve, stream_chat, wait_idle
+from benchmarks.server_probes import metric, metrics, wait_idle
+from iaa_vllm.local_server import Server, serve, stream_chat
 
-KIND_COLOURS = {**load.COLOURS, "cancel": (148, 103, 189)}
+KIND_COLOURS = {**load.COLOURS, "cancel": "tab:purple"}
 
 
 def long_body(body: dict, max_tokens: int) -> dict:
@@ -150,45 +150,19 @@ def passed(summary: dict) -> bool:
                 or after["vllm:kv_cache_usage_perc"] > before["vllm:kv_cache_usage_perc"])
 
 
-def plot(summary: dict, path: str, size: tuple[int, int] = (900, 700)) -> None:
+def plot(summary: dict, path: str) -> None:
     """Top: latency of every request against its start; bottom: server RSS against time."""
-    width, height = size
-    left, right = 80, 20
-    image = Image.new("RGB", size, "white")
-    pen = ImageDraw.Draw(image)
-    x_max = summary["wall_s"] or 1.0
-
-    def panel(top: int, bottom: int, y_lo: float, y_hi: float, label: str):
-        pen.rectangle([left, top, width - right, bottom], outline="black")
-        for i in range(6):
-            y = bottom - i * (bottom - top) / 5
-            pen.text((8, y - 6), f"{y_lo + i * (y_hi - y_lo) / 5:.1f}", fill="black")
-            x = left + i * (width - left - right) / 5
-            pen.text((x - 10, bottom + 6), f"{i * x_max / 5:.0f}", fill="black")
-        pen.text((left, top - 16), label, fill="black")
-        return lambda x, y: (left + x / x_max * (width - left - right),
-                             bottom - (y - y_lo) / ((y_hi - y_lo) or 1) * (bottom - top))
-
-    records = summary["records"]
-    y_hi = max((r["latency_s"] for r in records), default=1.0) * 1.05
-    at = panel(40, 380, 0.0, y_hi, f"latency (s) - {summary['requests']} requests, 5xx: "
-               f"{summary['server_errors_5xx']}, mismatches: {len(summary['mismatches'])}")
-    for r in records:
-        kind = r["kind"] if r["kind"] != "good" else r["name"].split("/")[0]
-        x, y = at(r["start_s"], r["latency_s"])
-        pen.ellipse([x - 1.5, y - 1.5, x + 1.5, y + 1.5], fill=KIND_COLOURS[kind])
-    for i, (kind, colour) in enumerate(KIND_COLOURS.items()):
-        pen.rectangle([width - 120, 50 + 16 * i, width - 110, 60 + 16 * i], fill=colour)
-        pen.text((width - 104, 49 + 16 * i), kind, fill="black")
     samples = summary["samples"]
-    totals = [s["total"] for s in samples]
-    lo, hi = min(totals), max(totals)
-    at = panel(440, height - 40, lo - 0.05 * (hi - lo + 1), hi + 0.05 * (hi - lo + 1),
-               f"server RSS (MiB, all processes); slope after warm-up "
-               f"{summary['rss_slope_mib_per_1000_requests']['total']:.1f} MiB / 1,000 requests")
-    pen.line([at(s["t_s"], s["total"]) for s in samples], fill="black", width=2)
-    pen.text((width // 2 - 40, height - 18), "time (s)", fill="black")
-    image.save(path, format="PNG")
+    kind = lambda r: r["kind"] if r["kind"] != "good" else r["name"].split("/")[0]  # noqa: E731
+    report.figure(path, [
+        report.Panel(f"{summary['requests']} requests, 5xx: {summary['server_errors_5xx']}, "
+                     f"mismatches: {len(summary['mismatches'])}", "latency (s)", "request start (s)",
+                     points=load.points_by_kind(summary["records"], KIND_COLOURS, kind), colours=KIND_COLOURS),
+        report.Panel(f"server RSS (all processes); slope after warm-up "
+                     f"{summary['rss_slope_mib_per_1000_requests']['total']:.1f} MiB / 1,000 requests",
+                     "RSS (MiB)", "time (s)", colours={"": "black"},
+                     lines={"": [([s["t_s"] for s in samples], [s["total"] for s in samples])]}),
+    ], columns=1, panel_size=(9, 3.5))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,31 +111,12 @@ def run() -> tuple[list[dict], dict, str | None]:
 
 
 def plot(report: dict, path: str) -> None:
-    """Time per image for each provider, drawn with PIL (no matplotlib here)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    font = ImageFont.load_default(size=13)
+    """Time per image for each provider."""
     rows = report["rows"]
-    names = list(rows[0]["ms"])
-    colours = [(120, 120, 120), (70, 110, 180), (220, 120, 40)]
-    w, h, left, bottom, top = 760, 380, 50, 40, 50
-    image = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(image)
-    per_image = [[r["ms"][n] * 1e3 / r["images"] for n in names] for r in rows]
-    peak = max(max(p) for p in per_image) * 1.15
-    group, plot_h = (w - left - 20) / len(rows), h - top - bottom
-    for i, row in enumerate(rows):
-        for j, value in enumerate(per_image[i]):
-            x0 = left + i * group + j * group / (len(names) + 1)
-            draw.rectangle((x0, h - bottom - plot_h * value / peak, x0 + group / (len(names) + 1) - 2,
-                            h - bottom), fill=colours[j % 3])
-        draw.text((left + i * group, h - bottom + 5), f"{row['images']} img", fill="black", font=font)
-    for j, name in enumerate(names):
-        draw.rectangle((left + j * 230, 20, left + j * 230 + 12, 32), fill=colours[j % 3])
-        draw.text((left + j * 230 + 16, 19), name, fill="black", font=font)
-    draw.text((left, 2), f"us per image; {report['machine']}; {TOKENS} tokens, {HEADS}x{HEAD_DIM}, bf16",
-              fill="gray", font=font)
-    image.save(path)
+    report_files.figure(path, [report_files.Panel(
+        "vision attention: time per image", "us", "images per call", [f"{r['images']} img" for r in rows],
+        {n: [r["ms"][n] * 1e3 / r["images"] for r in rows] for n in rows[0]["ms"]},
+    )], caption=f"{report['machine']}; {TOKENS} tokens, {HEADS}x{HEAD_DIM}, bf16")
 
 
 def main(argv: list[str] | None = None) -> int:

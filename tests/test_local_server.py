@@ -19,6 +19,7 @@ import time
 import psutil
 import pytest
 
+from benchmarks import server_probes
 from iaa_vllm import local_server
 
 PROMETHEUS = """# HELP vllm:num_requests_running Number of requests in model execution batches.
@@ -81,13 +82,13 @@ def test_post_returns_error_statuses_with_their_body(stub):
     assert local_server.post(stub, {}, path="/broken") == (500, {"raw": "Internal Server Error"})
 
 
-def test_metrics_parses_samples_and_metric_sums_by_label(stub):
-    samples = local_server.metrics(stub)
+def test_metrics_parses_samples_and_metric_sums_by_label(stub):  # benchmarks/server_probes.py
+    samples = server_probes.metrics(stub)
     assert ("process_open_fds", {}, 12.0) in samples
     assert ("vllm:num_requests_running", {"engine": "0", "model_name": "m"}, 2.0) in samples
-    assert local_server.metric(samples, "vllm:num_requests_running") == 3.0
-    assert local_server.metric(samples, "vllm:num_requests_running", engine="1") == 1.0
-    assert local_server.metric(samples, "vllm:generation_tokens_total", model_name="other") == 0
+    assert server_probes.metric(samples, "vllm:num_requests_running") == 3.0
+    assert server_probes.metric(samples, "vllm:num_requests_running", engine="1") == 1.0
+    assert server_probes.metric(samples, "vllm:generation_tokens_total", model_name="other") == 0
 
 
 def test_free_port_is_free_on_loopback():

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from iaa_vllm.local_server import chat_body, decompression_bomb, encode, noise_image, png_bytes, post, server_rss
+from benchmarks.server_probes import decompression_bomb, server_rss
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, post
 
 pytestmark = pytest.mark.slow
 

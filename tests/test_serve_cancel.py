@@ -14,7 +14,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from iaa_vllm import grounding
-from iaa_vllm.local_server import chat_body, encode, metric, metrics, noise_image, png_bytes, stream_chat, wait_idle
+from benchmarks.server_probes import metric, metrics, wait_idle
+from iaa_vllm.local_server import chat_body, encode, noise_image, png_bytes, stream_chat
 from tests.inputs import chat_answer
 
 pytestmark = pytest.mark.slow

@@ -293,11 +293,7 @@ def plot(report: dict, path: str) -> None:
         serving.plot({"mode": f"{report['target']}, {report['settings']['graph_mode']}", "models": models,
                       "ratios": ratios}, path)
     else:
-        from PIL import Image, ImageDraw
-
-        image = Image.new("RGB", (600, 80), "white")
-        ImageDraw.Draw(image).text((20, 30), "step 3 did not run: no latencies to plot", fill="black")
-        image.save(path)
+        report_files.figure(path, [report_files.Panel("step 3 did not run: no latencies to plot")], panel_size=(6, 1))
 
 
 def _steps(text: str) -> list[int]:
