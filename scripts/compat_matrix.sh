@@ -20,7 +20,7 @@ MATRIX_TESTS=(
     tests/test_model.py --deselect tests/test_model.py::test_tensor_parallel_2_equals_1
     tests/test_compat.py tests/test_processing.py tests/test_registration.py
     tests/test_config_hook.py tests/test_routing.py tests/test_runner_v1.py
-    tests/test_runner_v2.py tests/test_admission.py tests/test_media.py
+    tests/test_runner_v2.py tests/test_admission.py tests/test_media.py tests/test_patches.py
 )
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 if [[ -z "${SSL_CERT_FILE:-}" && -f /etc/ssl/certs/ca-certificates.crt ]]; then

@@ -23,7 +23,7 @@ VLLM026_TESTS=(
     tests/test_registration.py tests/test_processing.py tests/test_config.py
     tests/test_runner_v1.py tests/test_runner_v2.py tests/test_compat.py
     tests/test_benchmarks_gpu.py tests/test_projector.py tests/test_insertion.py
-    tests/test_frozen.py tests/test_media.py
+    tests/test_custom_ops.py tests/test_media.py tests/test_patches.py
     tests/test_engine_death.py::test_engine_death_watch_tells_a_death_from_a_requested_stop
 )
 # The GPU command's CPU smoke (four engine starts) runs once in CI, on 0.26 above;
