@@ -15,6 +15,11 @@ Per size and mode, each engine in its own process (engine_runner.py):
   `--repeat` runs; the IAA / stock ratio; whether the token ids are identical.
 - mixed traffic: text / mm / grounding 1:1:1 submitted at once to the IAA engine:
   throughput and latency p50 (fastest of `--repeat` runs).
+- decode by workflow: `text` and `mm` requests one at a time on the IAA engine, the
+  time per output token after the first (batch-1 decode), against the FLOP bound
+  (shapes.py: `mm` runs the insertion layers too). What the insertion layers cost
+  beyond their FLOPs, the headroom a static-shape image step could win
+  (docs/benchmarks.md).
 - engine start (`AsyncLLM.from_engine_args`: load, profile, KV cache, compile).
   Every engine gets a fresh, empty compile cache (VLLM_CACHE_ROOT and
   TORCHINDUCTOR_CACHE_DIR), so a compiled start is a cold compile: what the first
@@ -32,7 +37,7 @@ import shlex
 import sys
 import tempfile
 
-from benchmarks import engine_runner, serving
+from benchmarks import engine_runner, serving, shapes
 from benchmarks import report as report_files
 
 SIZES = ("tiny", "mid")
@@ -40,6 +45,33 @@ MODES = ("eager", "compiled")  # engine_runner.MODES: enforce_eager True / False
 DTYPE = "float32"
 FULL = dict(text_requests=16, text_tokens=48, mixed_per_workflow=4)  # serving.py's tiny workload
 QUICK = dict(text_requests=3, text_tokens=4, mixed_per_workflow=1)
+DECODE_REQUESTS = 4  # per workflow, one at a time
+
+
+def decode_workloads(tokens: int) -> list[dict]:
+    mm = [dict(r, max_tokens=tokens) for r in serving.mme_requests(DECODE_REQUESTS, "mm", seed=3000)]
+    return [{"name": "decode-text", "mode": "sequential", "requests": serving.text_requests(DECODE_REQUESTS, tokens)},
+            {"name": "decode-mm", "mode": "sequential", "requests": mm}]
+
+
+def decode_report(size: str, text: dict, mm: dict) -> dict:
+    """Batch-1 decode tokens/s per workflow (p50 over requests of the time per token
+    after the first) and the mm/text ratio, against the FLOP bound at the prompts' length."""
+    def rate(workload: dict) -> float:
+        per_token = [(r["latency_s"] - r["ttft_s"]) / (len(r["token_ids"]) - 1) for r in workload["requests"]]
+        return 1 / serving.percentiles(per_token)["p50"]
+
+    model = shapes.iaa(size)
+    decoder = model.decoder
+
+    def flops(workload: dict, layers: int) -> float:  # one decode step at the prompt's length
+        return decoder.decode_flops(workload["requests"][0]["prompt_tokens"], layers) + decoder.head_flops()
+
+    text_rate, mm_rate = rate(text), rate(mm)
+    bound = flops(text, decoder.layers) / flops(mm, decoder.layers + model.insertion_layers)
+    return {"text_tokens_per_s": text_rate, "mm_tokens_per_s": mm_rate, "ratio_mm_vs_text": mm_rate / text_rate,
+            "flop_bound_mm_vs_text": bound,
+            "requests": DECODE_REQUESTS, "max_tokens": len(text["requests"][0]["token_ids"])}
 
 
 def write_models(size: str, root: str) -> dict[str, str]:
@@ -92,7 +124,8 @@ def reseed(requests: list[dict], offset: int) -> list[dict]:
     return [dict(r, image=[*r["image"][:2], r["image"][2] + offset]) if r["image"] else r for r in requests]
 
 
-def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int, runner=engine_runner.run_in_child) -> dict:
+def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int, runner=engine_runner.run_in_child,
+                  size: str = "tiny") -> dict:
     n, tokens = cfg["text_requests"], cfg["text_tokens"]
     mixed = serving.mixed_requests(cfg["mixed_per_workflow"], tokens)["mixed"]
     # Text prompts are shorter than one CPU KV block (128), so repeating them caches nothing.
@@ -100,6 +133,7 @@ def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int, runne
     iaa = run_engine(dirs["iaa"], mode, [
         {**text, "requests": serving.text_requests(n, tokens)},
         *({"name": f"mixed-{k}", "mode": "concurrent", "requests": reseed(mixed, 10_000 * k)} for k in range(repeat)),
+        *decode_workloads(tokens),
     ], reseed(serving.mixed_requests(1, 2)["mixed"], -500), runner)  # each workflow once, images not reused
     stock = run_engine(dirs["stock"], mode, [{**text, "requests": serving.text_requests(n, tokens, None)}],
                        serving.text_requests(2, 2, None), runner)
@@ -122,6 +156,7 @@ def run_size_mode(dirs: dict[str, str], mode: str, cfg: dict, repeat: int, runne
                   "all_wall_s": [run["wall_s"] for run in mixed_runs],
                   "latency_p50_s": serving.percentiles(sum(latencies.values(), []))["p50"],
                   "latency_p50_s_by_workflow": {wf: serving.percentiles(v)["p50"] for wf, v in latencies.items()}},
+        "decode": decode_report(size, iaa["workloads"]["decode-text"], iaa["workloads"]["decode-mm"]),
         "start_s": {"iaa": iaa["start_s"], "stock": stock["start_s"]},
         "compilation": {"iaa": iaa["compilation"], "stock": stock["compilation"]},
         "kv_tokens": {"iaa": iaa["kv_tokens"], "stock": stock["kv_tokens"]},
@@ -138,7 +173,7 @@ def run_all(sizes: list[str], modes: list[str], cfg: dict, repeat: int, models_d
         results[size] = {}
         for mode in modes:
             print(f"{size} {mode}: IAA engine, then stock Llama", flush=True)
-            results[size][mode] = run_size_mode(dirs, mode, cfg, repeat, runner)
+            results[size][mode] = run_size_mode(dirs, mode, cfg, repeat, runner, size)
         ids = [r.pop("iaa_text_ids") for r in results[size].values()]
         if len(ids) == 2:
             # Reported, not required: inductor may reorder float sums, and greedy ids can then drift.
@@ -156,47 +191,37 @@ def print_report(report: dict) -> None:
             print(f"{size:5s} {mode:9s} {t['iaa']['tokens_per_s']:10.1f} {t['stock']['tokens_per_s']:8.1f} "
                   f"{t['ratio_iaa_vs_stock']:6.3f} {str(t['identical_ids']):>9s} {m['tokens_per_s']:12.1f} "
                   f"{m['latency_p50_s']:9.3f}s {s['iaa']:9.1f}s {s['stock']:6.1f}s")
+    print(f"\n{'size':5s} {'mode':9s} {'decode tok/s text':>18s} {'mm':>8s} {'mm/text':>8s} {'FLOP bound':>11s}")
+    for size, modes in report["results"].items():
+        for mode, r in modes.items():
+            d = r["decode"]
+            print(f"{size:5s} {mode:9s} {d['text_tokens_per_s']:18.1f} {d['mm_tokens_per_s']:8.1f} "
+                  f"{d['ratio_mm_vs_text']:8.3f} {d['flop_bound_mm_vs_text']:11.3f}")
     for size, same in report["iaa_text_ids_eager_vs_compiled_identical"].items():
         print(f"{size}: IAA text ids eager == compiled: {same}")
     print(f"load average before / after: {report['load_avg']['before']} / {report['load_avg']['after']}")
 
 
 def plot(report: dict, path: str) -> None:
-    """Two panels of grouped bars (one group per size, one bar per mode), drawn with PIL."""
-    from PIL import Image, ImageDraw, ImageFont
+    """Three panels of grouped bars: one group per size, one bar per mode."""
+    results = report["results"]
+    sizes, modes = list(results), list(dict.fromkeys(m for r in results.values() for m in r))
 
-    font = ImageFont.load_default(size=13)
-    colours = {"eager": (120, 120, 120), "compiled": (220, 120, 40)}
-    panels = [("IAA / stock text throughput", lambda r: r["text"]["ratio_iaa_vs_stock"], "{:.2f}"),
-              ("IAA mixed 1:1:1 throughput (tok/s)", lambda r: r["mixed"]["tokens_per_s"], "{:.0f}")]
-    sizes = list(report["results"])
-    panel_w, h, top, bottom, left = 460, 360, 50, 40, 30
-    image = Image.new("RGB", (panel_w * len(panels), h), "white")
-    draw = ImageDraw.Draw(image)
-    for p, (title, value, fmt) in enumerate(panels):
-        x_base = p * panel_w + left
-        cells = [(s, m, value(r)) for s in sizes for m, r in report["results"][s].items()]
-        peak = max(v for _, _, v in cells) * 1.2 or 1.0
-        group = (panel_w - 2 * left) / len(sizes)
-        draw.text((x_base, 12), title, fill="black", font=font)
-        draw.line((x_base, h - bottom, x_base + panel_w - 2 * left, h - bottom), fill="black")
-        for g, size in enumerate(sizes):
-            bars = [(m, v) for s, m, v in cells if s == size]
-            width = (group - 20) / max(1, len(bars))
-            for b, (mode, v) in enumerate(bars):
-                x0 = x_base + g * group + 10 + b * width
-                y = h - bottom - (h - top - bottom) * v / peak
-                draw.rectangle((x0, y, x0 + width - 4, h - bottom), fill=colours[mode])
-                draw.text((x0, y - 16), fmt.format(v), fill="black", font=font)
-            draw.text((x_base + g * group + group / 2 - 12, h - bottom + 6), size, fill="black", font=font)
-        if p == 0:  # parity line: IAA as fast as stock
-            y = h - bottom - (h - top - bottom) / peak
-            draw.line((x_base, y, x_base + panel_w - 2 * left, y), fill=(70, 110, 180))
-            draw.text((x_base + panel_w - 2 * left - 60, y - 16), "= stock", fill=(70, 110, 180), font=font)
-    for i, (mode, colour) in enumerate(colours.items()):
-        draw.rectangle((image.width - 110, 12 + 16 * i, image.width - 100, 22 + 16 * i), fill=colour)
-        draw.text((image.width - 94, 10 + 16 * i), mode, fill="black", font=font)
-    image.save(path)
+    def bars(value) -> dict[str, list[float | None]]:
+        return {m: [value(results[s][m]) if m in results[s] else None for s in sizes] for m in modes}
+
+    colours = {"eager": "grey", "compiled": "tab:orange"}
+    report_files.figure(path, [
+        report_files.Panel("IAA / stock text throughput", "ratio", "checkpoint size", sizes,
+                           bars(lambda r: r["text"]["ratio_iaa_vs_stock"]), value_format="{:.2f}",
+                           hlines={"= stock": 1.0}, colours=colours),
+        report_files.Panel("IAA mixed 1:1:1 throughput", "tokens/s", "checkpoint size", sizes,
+                           bars(lambda r: r["mixed"]["tokens_per_s"]), value_format="{:.0f}", colours=colours),
+        report_files.Panel("IAA batch-1 decode, mm / text tokens/s", "ratio", "checkpoint size", sizes,
+                           bars(lambda r: r["decode"]["ratio_mm_vs_text"]), value_format="{:.2f}",
+                           hlines={f"FLOP bound ({s})": next(iter(results[s].values()))["decode"]["flop_bound_mm_vs_text"]
+                                   for s in sizes}, colours=colours),
+    ])
 
 
 def _names(text: str, valid: tuple[str, ...], what: str) -> list[str]:
