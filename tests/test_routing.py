@@ -31,7 +31,8 @@ def test_the_worker_reads_the_admitted_name_and_never_guesses():
 
 
 @pytest.mark.parametrize("req_id", ["_warmup_0_", "_warmup_17_", "_v2_mixed_warmup_decode_",
-                                    "_sparse_mla_v2_warmup_prefill_"])
+                                    "_sparse_mla_v2_warmup_prefill_", "_step5_dsa_warmup_decode_",
+                                    "_step5_dsa_warmup_prefill_"])  # the last two: vLLM 0.33
 def test_vllms_own_warmup_requests_are_text(req_id):
     assert routing.admitted_workflow(params(), req_id) == routing.TEXT
     # a named workflow still wins: only the missing name is filled in

@@ -12,7 +12,7 @@ builds an engine's config, for that architecture alone. IAA uses it to:
   (`refuse_unsupported`; `refuse_unsafe_graphs`, which the model calls on the final
   settings, for the graph modes vLLM picks after this hook).
 
-Checked against vLLM 0.26 and 0.32 (`vllm/model_executor/models/config.py`,
+Checked against vLLM 0.26-0.33 (`vllm/model_executor/models/config.py`,
 `VllmConfig.try_verify_and_update_config`).
 """
 

@@ -39,7 +39,8 @@ TEXT, MM, GROUNDING = range(3)  # ids: indices into WORKFLOWS
 # vLLM's own requests, built in the worker with no frontend: Model Runner V2's kernel
 # warm-up (`_warmup_{i}_`) and its mixed prefill+decode warm-ups
 # (`_v2_mixed_warmup_decode_`, `_sparse_mla_v2_warmup_prefill_`), in
-# vllm/v1/worker/gpu/warmup.py from 0.26 to 0.32. Text prompts of made-up tokens.
+# vllm/v1/worker/gpu/warmup.py from 0.26 to 0.33 (0.33 adds `_step5_dsa_warmup_decode_`
+# and `_prefill_`). Text prompts of made-up tokens.
 # A frontend's request id never matches: vLLM appends "-" and a random suffix.
 SYNTHETIC_REQUEST_ID = re.compile(r"_\w*warmup\w*_")
 

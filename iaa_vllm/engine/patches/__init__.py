@@ -5,8 +5,8 @@ vLLM and transformers offer, keyed by IAA's names, so no other model can meet
 them. Patches replace a method or function of a vLLM class or module; vLLM
 offers no hook at those places. Each patch wraps vLLM's own code (the original
 runs first or around it), is idempotent (marked `_iaa_patch`), and was read
-against vLLM 0.26 to 0.32, run on 0.26 and 0.32 in CI and on 0.27-0.31 by
-`scripts/compat_matrix.sh`.
+against vLLM 0.26 to 0.33, run on 0.26 and 0.32 in CI and on 0.27-0.31 by
+`scripts/compat_matrix.sh` (0.33: its source and import-level tests; no CPU build).
 
 Registrations (`iaa_vllm.engine.register`, in every vLLM process; IAA only):
 

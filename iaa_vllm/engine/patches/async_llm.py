@@ -19,7 +19,7 @@ def stopping() -> bool:
 
 
 def install() -> None:
-    """Wrap `shutdown` once (idempotent). Checked against vLLM 0.26-0.32 (`vllm/v1/engine/async_llm.py`)."""
+    """Wrap `shutdown` once (idempotent). Checked against vLLM 0.26-0.33 (`vllm/v1/engine/async_llm.py`)."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     original = AsyncLLM.shutdown

@@ -81,7 +81,7 @@ async def _capped_async_get_bytes(self, url: str, *, timeout=None, allow_redirec
 def install() -> None:
     """Replace both reads once where vLLM has no cap (idempotent; a no-op on 0.29+).
 
-    Checked against vLLM 0.26-0.32 (`vllm/connections.py`).
+    Checked against vLLM 0.26-0.33 (`vllm/connections.py`).
     """
     from vllm.connections import HTTPConnection, _async_retry, _sync_retry
 

@@ -44,7 +44,7 @@ def _name_bad_base64(load_base64):
 
 
 def install() -> None:
-    """Wrap both loaders once (idempotent). Checked against vLLM 0.26-0.32 (`vllm/multimodal/media/image.py`)."""
+    """Wrap both loaders once (idempotent). Checked against vLLM 0.26-0.33 (`vllm/multimodal/media/image.py`)."""
     from vllm.multimodal.media.image import ImageMediaIO
 
     if not getattr(ImageMediaIO.load_bytes, "_iaa_patch", False):

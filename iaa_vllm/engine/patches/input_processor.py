@@ -24,7 +24,7 @@ def _is_iaa(input_processor) -> bool:
 def install() -> None:
     """Wrap `process_inputs` once (idempotent).
 
-    Checked against vLLM 0.26-0.32 (`vllm/v1/engine/input_processor.py`; wrapped with
+    Checked against vLLM 0.26-0.33 (`vllm/v1/engine/input_processor.py`; wrapped with
     `*args, **kwargs`, as 0.32 passes more keyword arguments).
     """
     from vllm.v1.engine.input_processor import InputProcessor

@@ -19,7 +19,7 @@ def watch_engine_death():
 
     vLLM stops the server on engine death through `terminate_if_errored`, from its
     5 s watchdog or from a request that met the dead engine, and only then. A stop
-    asked for is not a death (`async_llm.stopping`). Checked against vLLM 0.26-0.32
+    asked for is not a death (`async_llm.stopping`). Checked against vLLM 0.26-0.33
     (`compat.API_LAUNCHER_MODULE`). Call before the server's modules are imported:
     they import `terminate_if_errored` by name. Idempotent; serve processes only.
     """

@@ -134,7 +134,7 @@ def _explain_async_fetch_failures(fetch_image_async):
 
 
 def install() -> None:
-    """Wrap both fetches once (idempotent). Checked against vLLM 0.26-0.32 (`vllm/multimodal/media/connector.py`)."""
+    """Wrap both fetches once (idempotent). Checked against vLLM 0.26-0.33 (`vllm/multimodal/media/connector.py`)."""
     from vllm.multimodal.media.connector import MediaConnector
 
     if not getattr(MediaConnector.fetch_image, "_iaa_patch", False):
