@@ -29,7 +29,6 @@ import sys
 import time
 import urllib.request
 
-
 from benchmarks import load, report
 from benchmarks.server_probes import metric, metrics, wait_idle
 from iaa_vllm.local_server import Server, serve, stream_chat
